@@ -1,0 +1,39 @@
+"""Blueprints: thin views that parse input, call one domain function and render."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify, render_template, request
+from flask_login import current_user
+from werkzeug.exceptions import HTTPException
+
+from app import __version__
+
+
+def register_blueprints(app: Flask) -> None:
+    from app.web import admin, auth, connectors, health, jobs, runs
+
+    for module in (auth, health, jobs, runs, connectors, admin):
+        app.register_blueprint(module.bp)
+    app.register_error_handler(HTTPException, _http_error)
+    app.context_processor(_layout_context)
+
+
+def _layout_context() -> dict:
+    return {"version": __version__, "user": current_user}
+
+
+def _http_error(error: HTTPException):
+
+    if request.path.startswith("/api/"):
+        response = jsonify(error=error.name.lower().replace(" ", "_"), message=error.description)
+        return response, error.code
+    titles = {403: "Not allowed", 404: "Not found"}
+    return (
+        render_template(
+            "errors/error.html",
+            code=error.code,
+            title=titles.get(error.code, error.name),
+            message=error.description,
+        ),
+        error.code,
+    )
