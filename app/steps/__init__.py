@@ -1,0 +1,17 @@
+"""The registry of step types: an explicit dict, one module per kind (DESIGN §5)."""
+
+from __future__ import annotations
+
+from app.steps.base import StepType
+from app.steps.python import PythonStep
+
+STEP_TYPES: dict[str, StepType] = {t.kind: t for t in (PythonStep(),)}
+
+
+def get_step_type(kind: str) -> StepType:
+    """Return the step type for ``kind``; LookupError names the known kinds."""
+    try:
+        return STEP_TYPES[kind]
+    except KeyError:
+        known = ", ".join(sorted(STEP_TYPES))
+        raise LookupError(f"unknown step type {kind!r} (known: {known})") from None

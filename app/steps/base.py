@@ -1,0 +1,91 @@
+"""What every step type is: a kind, a config schema with validation, and a run()."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class StepFailed(Exception):
+    """The step failed; the message is what the operator reads in the run."""
+
+
+class StepTimedOut(StepFailed):
+    """The step ran past its timeout_seconds."""
+
+
+class StepCanceled(StepFailed):
+    """The run was aborted while this step ran."""
+
+
+class StepLog(Protocol):
+    def debug(self, message: str) -> None: ...
+    def info(self, message: str) -> None: ...
+    def warning(self, message: str) -> None: ...
+    def error(self, message: str) -> None: ...
+
+
+@dataclass
+class StepView:
+    """What later steps see of an earlier one: ``steps['name'].output / .status / .rows``."""
+
+    status: str
+    output: Any = None
+    rows: int | None = None
+
+
+@dataclass
+class StepContext:
+    """Everything a step's run() may use. Steps never import Flask."""
+
+    run_id: int
+    job_id: str
+    step_name: str
+    triggered_by: str | None
+    params: dict[str, Any]  # effective values, secrets in clear: never log them
+    steps: dict[str, StepView]
+    log: StepLog
+    is_cancelled: Callable[[], bool]
+    timeout_seconds: float
+    deadline: float  # time.monotonic() value after which the step has timed out
+    instance_path: str
+    metrics: dict[str, Any] = field(default_factory=dict)  # filled by run(): rows, bytes, status
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One field of a step's config, as the editor, TOML and API name it (DESIGN §8)."""
+
+    name: str
+    kind: str  # "string" | "text" | "int" | "bool" | "list" | "table" | "code"
+    required: bool = False
+    secret: bool = False
+    help: str = ""
+    templated: bool = False  # rendered with the run's templating before run()
+
+
+class StepType:
+    """Base for step types; subclasses set ``kind``, ``fields`` and implement run()."""
+
+    kind: str = ""
+    label: str = ""
+    fields: tuple[ConfigField, ...] = ()
+
+    def validate(self, config: dict[str, Any]) -> dict[str, str]:
+        """Return problems by field name; empty when the config is valid."""
+        problems = {}
+        known = {f.name for f in self.fields}
+        for name in config:
+            if name not in known:
+                problems[name] = (
+                    f"unknown field for a {self.kind} step (known: {', '.join(sorted(known))})"
+                )
+        for f in self.fields:
+            if f.required and config.get(f.name) in (None, "", [], {}):
+                problems[f.name] = "required"
+        return problems
+
+    def run(self, config: dict[str, Any], ctx: StepContext) -> Any:
+        """Do the work; return the step's output (JSON-serialisable) or raise StepFailed."""
+        raise NotImplementedError
