@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 import sqlalchemy as sa
 
-from app.config import ConfigError, load_settings
-
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NO_DATABASE = 1, 2, 3
-
-
-def fail(message: str, code: int) -> None:
-    click.echo(f"nomaflow: {message}", err=True)
-    sys.exit(code)
-
-
-def settings_or_exit():
-    try:
-        return load_settings()
-    except ConfigError as error:
-        fail(str(error), EXIT_BAD_INPUT)
-
-
-def app_or_exit():
-    from app import create_app
-
-    return create_app(settings_or_exit())
+from app.cli_support import (  # noqa: F401  (re-exported for the command modules)
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_NO_DATABASE,
+    app_or_exit,
+    fail,
+    settings_or_exit,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,8 +27,7 @@ def main() -> None:
 def serve(host: str, port: int) -> None:
     """Run the server: UI, Socket.IO, scheduler and runner in this process."""
     from app.live import socketio
-    from app.scheduler import stop_clock
-    from app.startup import StartupError, prepare_server
+    from app.startup import StartupError, prepare_server, stop_server
 
     app = app_or_exit()
     try:
@@ -56,7 +40,7 @@ def serve(host: str, port: int) -> None:
     try:
         socketio.run(app, host=host, port=port, allow_unsafe_werkzeug=True, use_reloader=False)
     finally:
-        stop_clock(app)
+        stop_server(app)
 
 
 def _quiet_werkzeug() -> None:
@@ -147,6 +131,15 @@ def check() -> None:
     click.echo(f"migrations ok (revision {revision})")
     click.echo(f"scheduler  {scheduler}")
 
+
+def _register_commands() -> None:
+    from app import cli_jobs, cli_runs
+
+    main.add_command(cli_jobs.jobs)
+    cli_runs.register(main)
+
+
+_register_commands()
 
 if __name__ == "__main__":
     main()

@@ -40,6 +40,9 @@ class Settings:
     proxy_count: int
     redis_url: str | None
     log_level: str
+    node_name: str | None
+    runner_pool_size: int
+    log_max_lines: int
 
     def flask_config(self) -> dict:
         """Return the Flask config keys derived from these settings."""
@@ -89,6 +92,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         proxy_count=_integer("PROXY_COUNT", get("PROXY_COUNT"), 0, minimum=0),
         redis_url=_redis_url(get("REDIS_URL")),
         log_level=_choice("LOG_LEVEL", (get("LOG_LEVEL") or "INFO").upper(), LOG_LEVELS),
+        node_name=get("NODE_NAME"),
+        runner_pool_size=_integer("RUNNER_POOL_SIZE", get("RUNNER_POOL_SIZE"), 4),
+        log_max_lines=_integer("LOG_MAX_LINES", get("LOG_MAX_LINES"), 100_000, minimum=10),
     )
 
 

@@ -158,6 +158,7 @@ class Run(Base):
         sa.Index("ix_runs_triggered_by_id", "triggered_by", "id"),
         sa.Index("ix_runs_queued_at", "queued_at"),
         sa.Index("ix_runs_job_id_state", "job_id", "state"),
+        sa.Index("ix_runs_job_id_scheduled_for", "job_id", "scheduled_for"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -179,6 +180,7 @@ class Run(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     parent_run_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("runs.id"))
     replay_of_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("runs.id"))
+    start_step: Mapped[str | None] = mapped_column(sa.String(100))  # replay from this step
     log_lines_count: Mapped[int] = mapped_column(default=0)
 
     step_runs: Mapped[list[StepRun]] = relationship(

@@ -1,0 +1,33 @@
+"""Secrets at rest: MultiFernet over NOMAFLOW_ENCRYPTION_KEYS (newest key first)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from flask import Flask, current_app
+
+
+class SecretsVault:
+    """Seal and unseal values; the first key encrypts, every key decrypts."""
+
+    def __init__(self, keys: tuple[str, ...]):
+        self._fernet = MultiFernet([Fernet(key) for key in keys])
+
+    def seal(self, value: Any) -> str:
+        return self._fernet.encrypt(json.dumps(value).encode()).decode()
+
+    def unseal(self, token: str) -> Any:
+        try:
+            return json.loads(self._fernet.decrypt(token.encode()))
+        except InvalidToken as error:
+            raise ValueError(
+                "cannot decrypt a stored secret: NOMAFLOW_ENCRYPTION_KEYS lacks the key it was "
+                "sealed with"
+            ) from error
+
+
+def vault(app: Flask | None = None) -> SecretsVault:
+    app = app or current_app
+    return SecretsVault(app.config["NOMAFLOW"].encryption_keys)

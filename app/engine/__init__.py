@@ -1,0 +1,1 @@
+"""The run engine: dispatch (the one door), the runner, run logs, templating, policies."""

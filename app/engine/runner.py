@@ -1,0 +1,262 @@
+"""The runner: claims queued runs (owned iff one row changed) and executes them in a pool."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import sqlalchemy as sa
+
+from app.crypto import SecretsVault
+from app.db import Database, utcnow
+from app.engine.execution import EngineSettings, RunExecution
+from app.engine.logs import LogWriter
+from app.engine.signals import run_changed, run_queued
+from app.models import Job, Run
+
+log = logging.getLogger(__name__)
+CANCEL_POLL_SECONDS = 0.5
+IDLE_POLL_SECONDS = 1.0
+
+
+def node_name(configured: str | None = None) -> str:
+    """This process's name in ``runs.node``: host (or NOMAFLOW_NODE_NAME) and pid."""
+    return f"{configured or socket.gethostname()}/{os.getpid()}"
+
+
+def claim_run(database: Database, run_id: int, node: str) -> bool:
+    """Take a queued run for this process; True iff this process now owns it."""
+    with database.session_scope() as db:
+        changed = db.execute(
+            sa.update(Run)
+            .where(Run.id == run_id, Run.state == "QUEUED")
+            .values(state="RUNNING", node=node, started_at=utcnow())
+        ).rowcount
+    if changed == 1:
+        run_changed.send(run_id)
+    return changed == 1
+
+
+def next_claimable_runs(database: Database, limit: int = 20) -> list[int]:
+    """Queued runs, oldest first, whose job's overlap policy lets them start now."""
+    with database.session_scope() as db:
+        queued = db.execute(
+            sa.select(Run.id, Run.job_id).where(Run.state == "QUEUED").order_by(Run.id).limit(limit)
+        ).all()
+        if not queued:
+            return []
+        job_ids = {job_id for _, job_id in queued}
+        running = dict(
+            db.execute(
+                sa.select(Run.job_id, sa.func.count())
+                .where(Run.state == "RUNNING", Run.job_id.in_(job_ids))
+                .group_by(Run.job_id)
+            ).all()
+        )
+        policies = {
+            j.id: (j.overlap, j.max_parallel)
+            for j in db.scalars(sa.select(Job).where(Job.id.in_(job_ids)))
+        }
+    claimable = []
+    for run_id, job_id in queued:
+        overlap, max_parallel = policies.get(job_id, ("queue", 1))
+        limit_for_job = max_parallel if overlap == "parallel" else 1
+        if running.get(job_id, 0) < limit_for_job:
+            claimable.append(run_id)
+            running[job_id] = running.get(job_id, 0) + 1
+    return claimable
+
+
+def mark_interrupted(database: Database, node_prefix: str) -> list[int]:
+    """Mark runs left RUNNING by dead processes of this host INTERRUPTED; re-queue if asked."""
+    interrupted = []
+    with database.session_scope() as db:
+        rows = db.execute(
+            sa.select(Run.id, Run.node).where(
+                Run.state == "RUNNING", Run.node.like(f"{node_prefix}/%")
+            )
+        ).all()
+        for run_id, node in rows:
+            pid = int(node.rsplit("/", 1)[1]) if node.rsplit("/", 1)[1].isdigit() else 0
+            if pid == os.getpid() or _process_alive(pid):
+                continue
+            changed = db.execute(
+                sa.update(Run)
+                .where(Run.id == run_id, Run.state == "RUNNING")
+                .values(
+                    state="INTERRUPTED",
+                    finished_at=utcnow(),
+                    reason=f"the process running it ({node}) stopped mid-run",
+                )
+            ).rowcount
+            if changed:
+                interrupted.append(run_id)
+    for run_id in interrupted:
+        run_changed.send(run_id)
+    return interrupted
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is gone for our purposes
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
+class Runner:
+    """Execute queued runs in a bounded pool; hear aborts through the database."""
+
+    def __init__(self, database: Database, vault: SecretsVault, settings, pool_size: int = 4):
+        self.database, self.vault = database, vault
+        self.engine_settings = EngineSettings(
+            instance_path=str(settings.instance_path), log_max_lines=settings.log_max_lines
+        )
+        self.host = settings.node_name or socket.gethostname()
+        self.node = node_name(self.host)
+        self.pool_size = pool_size
+        self.writer = LogWriter(database)
+        self.pool = ThreadPoolExecutor(pool_size, thread_name_prefix="run")
+        self.cancel_events: dict[int, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._claim_loop, name="runner-claim", daemon=True),
+            threading.Thread(target=self._cancel_loop, name="runner-cancel", daemon=True),
+        ]
+
+    def start(self, claim_queued: bool = True) -> None:
+        if not claim_queued:
+            self._threads = [t for t in self._threads if t.name != "runner-claim"]
+        else:
+            for run_id in mark_interrupted(self.database, self.host):
+                log.warning("run %s was left RUNNING by a dead process: INTERRUPTED", run_id)
+                self._requeue_if_wanted(run_id)
+            run_queued.connect(self._on_queued, weak=False)
+        for thread in self._threads:
+            thread.start()
+        self.wake()
+
+    def stop(self) -> None:
+        run_queued.disconnect(self._on_queued)
+        self._stopping.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.writer.stop()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def abort_locally(self, run_id: int) -> None:
+        with self._lock:
+            event = self.cancel_events.get(run_id)
+        if event is not None:
+            event.set()
+
+    def execute_now(self, run_id: int) -> str | None:
+        """Claim and execute one run, Ctrl+C aborting it (``nomaflow run``); None if not ours."""
+        if not claim_run(self.database, run_id, self.node):
+            return None
+        outcome: list[str] = []
+        worker = threading.Thread(target=lambda: outcome.append(self._execute(run_id)))
+        worker.start()
+        while worker.is_alive():
+            try:
+                worker.join(0.2)
+            except KeyboardInterrupt:
+                self.abort_locally(run_id)
+        return outcome[0] if outcome else None
+
+    def _on_queued(self, run_id, **_kw) -> None:
+        self.wake()
+
+    def _busy(self) -> int:
+        with self._lock:
+            return len(self.cancel_events)
+
+    def _claim_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(IDLE_POLL_SECONDS)
+            self._wake.clear()
+            try:
+                while not self._stopping.is_set() and self._busy() < self.pool_size:
+                    free = self.pool_size - self._busy()
+                    claimed = 0
+                    for run_id in next_claimable_runs(self.database, limit=free * 4)[:free]:
+                        if claim_run(self.database, run_id, self.node):
+                            with self._lock:
+                                self.cancel_events[run_id] = threading.Event()
+                            self.pool.submit(self._execute, run_id)
+                            claimed += 1
+                    if not claimed:
+                        break
+            except sa.exc.SQLAlchemyError:
+                log.exception("runner could not claim runs; retrying")
+
+    def _execute(self, run_id: int) -> str:
+        with self._lock:
+            cancel = self.cancel_events.setdefault(run_id, threading.Event())
+        try:
+            execution = RunExecution(
+                self.database, self.vault, self.writer, self.engine_settings, run_id, cancel
+            )
+            return execution.execute()
+        finally:
+            with self._lock:
+                self.cancel_events.pop(run_id, None)
+            self.wake()  # a slot is free, and a queued run of this job may start now
+
+    def _cancel_loop(self) -> None:
+        while not self._stopping.wait(CANCEL_POLL_SECONDS):
+            with self._lock:
+                active = list(self.cancel_events)
+            if not active:
+                continue
+            try:
+                with self.database.session_scope() as db:
+                    asked = db.scalars(
+                        sa.select(Run.id).where(
+                            Run.id.in_(active), Run.cancel_requested_at.is_not(None)
+                        )
+                    ).all()
+            except sa.exc.SQLAlchemyError:
+                log.exception("runner could not read abort requests")
+                continue
+            for run_id in asked:
+                self.abort_locally(run_id)
+
+    def _requeue_if_wanted(self, run_id: int) -> None:
+        from app.engine.dispatch import DispatchError, dispatch
+
+        with self.database.session_scope() as db:
+            run = db.get(Run, run_id)
+            job = db.get(Job, run.job_id)
+            wanted = job is not None and job.requeue_interrupted and job.deleted_at is None
+            params = self.vault.unseal(run.params_sealed) if run.params_sealed else {}
+        if wanted:
+            try:
+                dispatch(
+                    self.database,
+                    self.vault,
+                    run.job_id,
+                    "retry",
+                    params,
+                    log_level=run.log_level,
+                    replay_of=run,
+                )
+            except DispatchError as error:
+                log.warning("could not re-queue interrupted run %s: %s", run_id, error)

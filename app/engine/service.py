@@ -1,0 +1,65 @@
+"""The engine as the web layer and the CLI use it: one runner per serving process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, current_app
+
+from app.crypto import vault
+from app.db import get_database
+from app.engine import dispatch as doors
+from app.engine.runner import Runner
+from app.models import Run, User
+
+EXTENSION = "nomaflow.runner"
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[EXTENSION] = None
+
+
+def start_runner(app: Flask, claim_queued: bool = True) -> Runner:
+    """Start this process's runner (process edge only: serve, wsgi, `nomaflow run`).
+
+    ``claim_queued=False`` (``nomaflow run``) executes only what this process dispatches and
+    leaves the queue and the recovery of dead processes' runs to the servers.
+    """
+    if app.extensions.get(EXTENSION) is None:
+        settings = app.config["NOMAFLOW"]
+        runner = Runner(get_database(app), vault(app), settings, settings.runner_pool_size)
+        app.extensions[EXTENSION] = runner
+        runner.start(claim_queued)
+    return app.extensions[EXTENSION]
+
+
+def stop_runner(app: Flask) -> None:
+    runner = app.extensions.get(EXTENSION)
+    if runner is not None:
+        runner.stop()
+        app.extensions[EXTENSION] = None
+
+
+def trigger_job(
+    job_id: str,
+    trigger: str,
+    params: dict[str, Any] | None = None,
+    user: User | None = None,
+    **options: Any,
+) -> Run:
+    """Dispatch a run through the one door with this app's database and keys."""
+    return doors.dispatch(get_database(), vault(), job_id, trigger, params, user, **options)
+
+
+def abort_run(run_id: int, user: User | None = None, ip: str = "") -> Run:
+    run = doors.request_abort(get_database(), run_id, user, ip)
+    runner = current_app.extensions.get(EXTENSION)
+    if runner is not None:
+        runner.abort_locally(run_id)  # no need to wait for the database poll here
+    return run
+
+
+def replay_run(
+    run_id: int, user: User | None = None, from_failed_step: bool = False, ip: str = ""
+) -> Run:
+    return doors.replay(get_database(), vault(), run_id, user, from_failed_step, ip)
