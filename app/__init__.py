@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
     from app import auth, db, http_security, live, scheduler
+    from app.engine import service as engine
     from app.web import register_blueprints
 
     db.init_app(app)
@@ -33,5 +34,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.init_app(app)
     live.init_app(app)
     scheduler.init_app(app)
+    engine.init_app(app)
     register_blueprints(app)
     return app

@@ -1,22 +1,35 @@
 """Socket.IO: signed-in users only, authorised room joins, rendered fragments pushed out.
 
-Pages join the rooms they show (``runs``, ``job:<id>``, ``run:<id>``); fragments are the same
-Jinja partials the pages include, sent as HTML and swapped in by id (static/js/live.js).
+Pages join the rooms they show (``runs``, ``job:<id>``, ``run:<id>``). Two kinds of push:
+``fragment`` — Jinja partials with ``hx-swap-oob`` that static/js/live.js hands to htmx;
+``log`` — rendered log lines that live.js inserts in sequence order, dropping duplicates, so a
+page opened mid-run, or one that reconnects, shows every line once and in order.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import re
+import threading
 
-from flask import Flask
+import sqlalchemy as sa
+from flask import Flask, render_template
 from flask_login import current_user
 from flask_socketio import ConnectionRefusedError, SocketIO, emit, join_room
 
+from app.db import get_database
+from app.engine.history import load_run_view
+from app.engine.signals import log_appended, run_changed
+from app.models import LogLine
 from app.permissions import JOB_VIEW
 
+log = logging.getLogger(__name__)
 socketio = SocketIO()
 
 ROOM_PATTERN = re.compile(r"^(runs|job:[A-Za-z0-9._-]{1,100}|run:\d{1,19})$")
+BACKLOG_LIMIT = 20_000
+PUSH_EXTENSION = "nomaflow.live_push"
 
 
 def init_app(app: Flask) -> None:
@@ -37,16 +50,130 @@ def on_connect(auth=None):
 
 
 @socketio.on("join")
-def on_join(room):
-    """Join a room the page shows, if this user may see it; answer with an ack."""
+def on_join(request):
+    """Join a room the page shows if this user may see it; a run room also gets missed lines.
+
+    ``request`` is the room name, or ``{"room": "run:7", "after": 41}`` to be sent the log lines
+    after sequence 41 — read after joining, so no line falls between the two.
+    """
+    room, after = (
+        (request.get("room"), request.get("after"))
+        if isinstance(request, dict)
+        else (
+            request,
+            None,
+        )
+    )
     if not isinstance(room, str) or not ROOM_PATTERN.match(room):
         return {"ok": False, "error": "unknown room"}
     if not current_user.is_authenticated or not current_user.can(JOB_VIEW):
         return {"ok": False, "error": "forbidden"}
     join_room(room)
+    if room.startswith("run:") and isinstance(after, int):
+        run_id = int(room.split(":", 1)[1])
+        with get_database().session_scope() as db:
+            lines = db.execute(
+                sa.select(LogLine.seq, LogLine.ts, LogLine.level, LogLine.message)
+                .where(LogLine.run_id == run_id, LogLine.seq > after)
+                .order_by(LogLine.seq)
+                .limit(BACKLOG_LIMIT)
+            ).all()
+        if lines:
+            emit("log", {"run": run_id, "html": render_log_lines(run_id, lines)})
     return {"ok": True, "room": room}
 
 
 def push_fragment(html: str, room: str) -> None:
     """Send a rendered fragment to every browser in ``room``; safe from any thread."""
     socketio.emit("fragment", html, to=room)
+
+
+def render_log_lines(run_id: int, lines) -> str:
+    return render_template("runs/_log_lines.html", run_id=run_id, lines=lines)
+
+
+class LivePusher:
+    """Render engine events into fragments on one thread of its own, in the order they came.
+
+    The engine only queues (it never waits for a template); bursts of ``run_changed`` for one run
+    are rendered once; the actions region is re-fetched by each browser only when the run's
+    state changed, since which buttons show depends on who looks.
+    """
+
+    def __init__(self, app: Flask):
+        self.app = app
+        self.database = get_database(app)
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.states: dict[int, str] = {}
+        self.thread = threading.Thread(target=self._loop, name="live-push", daemon=True)
+
+    def start(self) -> None:
+        run_changed.connect(self.on_run_changed, weak=False)
+        log_appended.connect(self.on_log_appended, weak=False)
+        self.thread.start()
+
+    def stop(self) -> None:
+        run_changed.disconnect(self.on_run_changed)
+        log_appended.disconnect(self.on_log_appended)
+        self.events.put(None)
+        self.thread.join(timeout=5)
+
+    def on_run_changed(self, run_id, **_kw) -> None:
+        self.events.put(("run", run_id, None))
+
+    def on_log_appended(self, run_id, lines=(), **_kw) -> None:
+        self.events.put(("log", run_id, lines))
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self.events.get()]
+            while not self.events.empty():
+                batch.append(self.events.get())
+            last_change = {e[1]: i for i, e in enumerate(batch) if e and e[0] == "run"}
+            for index, event in enumerate(batch):
+                if event is None:
+                    return
+                kind, run_id, lines = event
+                if kind == "run" and last_change[run_id] != index:
+                    continue  # a later change of the same run in this batch says it all
+                try:
+                    with self.app.test_request_context("/"):
+                        self._push(kind, run_id, lines)
+                except Exception:  # one bad render must not stop every later push
+                    log.exception("live push of %s %s failed", kind, run_id)
+
+    def _push(self, kind: str, run_id: int, lines) -> None:
+        if kind == "log":
+            html = render_log_lines(run_id, lines)
+            socketio.emit("log", {"run": run_id, "html": html}, to=f"run:{run_id}")
+            return
+        with self.database.session_scope() as db:
+            view = load_run_view(db, run_id)
+            if view is None:
+                return
+            state_changed = self.states.get(run_id) != view.run.state
+            self.states[run_id] = view.run.state
+            html = render_template(
+                "runs/_live_update.html",
+                run=view.run,
+                step_runs=view.step_runs,
+                triggered_by=view.triggered_by,
+                refresh_actions=state_changed,
+            )
+        if view.run.state not in ("QUEUED", "RUNNING"):
+            self.states.pop(run_id, None)
+        push_fragment(html, f"run:{run_id}")
+
+
+def start_live_push(app: Flask) -> None:
+    """Render and push engine events for this app (process edge: serve, tests that watch)."""
+    if app.extensions.get(PUSH_EXTENSION) is None:
+        pusher = LivePusher(app)
+        app.extensions[PUSH_EXTENSION] = pusher
+        pusher.start()
+
+
+def stop_live_push(app: Flask) -> None:
+    pusher = app.extensions.pop(PUSH_EXTENSION, None)
+    if pusher is not None:
+        pusher.stop()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import sys
 
 import sqlalchemy as sa
 from flask import Flask
 
 from app.db import get_database
-from app.scheduler import start_clock
+from app.engine.service import start_runner, stop_runner
+from app.live import start_live_push, stop_live_push
+from app.scheduler import start_clock, stop_clock
 from app.schema import current_revision, head_revision
 from app.users import bootstrap_admin
 
@@ -70,7 +73,17 @@ def create_first_admin(app: Flask, out=sys.stdout) -> None:
 
 
 def prepare_server(app: Flask, out=sys.stdout) -> None:
-    """Check the database, create the first admin, start the clock (leader election)."""
+    """Check the database, create the first admin, start the runner, live pushes and clock."""
     check_database(app)
     create_first_admin(app, out)
+    start_runner(app)
+    start_live_push(app)
     start_clock(app)
+    atexit.register(stop_server, app)
+
+
+def stop_server(app: Flask) -> None:
+    """Stop the clock first (no new fires), then the runner (it flushes the logs)."""
+    stop_clock(app)
+    stop_runner(app)
+    stop_live_push(app)

@@ -7,6 +7,8 @@ from flask_login import current_user
 from werkzeug.exceptions import HTTPException
 
 from app import __version__
+from app.db import utcnow
+from app.engine.history import duration_text
 
 
 def register_blueprints(app: Flask) -> None:
@@ -16,6 +18,18 @@ def register_blueprints(app: Flask) -> None:
         app.register_blueprint(module.bp)
     app.register_error_handler(HTTPException, _http_error)
     app.context_processor(_layout_context)
+    app.add_template_filter(_run_duration, "run_duration")
+    app.add_template_filter(_step_duration, "step_duration")
+
+
+def _run_duration(run) -> str:
+    return duration_text(run.started_at, run.finished_at, utcnow())
+
+
+def _step_duration(step_run) -> str:
+    if step_run.state in ("SKIPPED", "NOT_RUN"):
+        return "—"
+    return duration_text(step_run.started_at, step_run.finished_at, utcnow())
 
 
 def _layout_context() -> dict:

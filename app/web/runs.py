@@ -1,18 +1,126 @@
-import sqlalchemy as sa
-from flask import Blueprint, render_template
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+)
+from flask_login import current_user
 
 from app import db
-from app.auth import requires
-from app.models import Run
-from app.permissions import JOB_VIEW
+from app.auth import client_ip, requires
+from app.db import get_database
+from app.engine.dispatch import DispatchError
+from app.engine.history import last_log_lines, list_runs, load_run_view, log_lines
+from app.engine.logs import format_line
+from app.engine.service import abort_run, replay_run
+from app.permissions import JOB_RUN, JOB_VIEW
 
 bp = Blueprint("runs", __name__)
 PAGE_SIZE = 50
+PAGE_LOG_LINES = 5000  # more than this: the page shows the newest, the download has them all
 
 
 @bp.get("/runs")
 @requires(JOB_VIEW)
 def index():
     """List the newest runs first."""
-    runs = db.session().scalars(sa.select(Run).order_by(Run.id.desc()).limit(PAGE_SIZE)).all()
-    return render_template("runs/index.html", runs=runs)
+    before = request.args.get("before", type=int)
+    runs = list_runs(db.session(), job=request.args.get("job"), limit=PAGE_SIZE, before_id=before)
+    return render_template("runs/index.html", runs=runs, page_size=PAGE_SIZE)
+
+
+@bp.get("/runs/<int:run_id>")
+@requires(JOB_VIEW)
+def detail(run_id: int):
+    """Show one run: header, step timeline and the live log tail."""
+    view = load_run_view(db.session(), run_id) or abort(404)
+    lines = last_log_lines(db.session(), run_id, PAGE_LOG_LINES)
+    total = view.run.log_lines_count
+    return render_template(
+        "runs/detail.html",
+        run=view.run,
+        step_runs=view.step_runs,
+        triggered_by=view.triggered_by,
+        lines=lines,
+        run_id=run_id,
+        total_lines=total,
+        hidden_lines=max(0, total - len(lines)),
+    )
+
+
+@bp.get("/runs/<int:run_id>/live")
+@requires(JOB_VIEW)
+def live_regions(run_id: int):
+    """Return the header and steps as out-of-band swaps (after a socket reconnect)."""
+    view = load_run_view(db.session(), run_id) or abort(404)
+    return render_template(
+        "runs/_live_update.html",
+        run=view.run,
+        step_runs=view.step_runs,
+        triggered_by=view.triggered_by,
+        refresh_actions=True,
+    )
+
+
+@bp.get("/runs/<int:run_id>/actions")
+@requires(JOB_VIEW)
+def actions(run_id: int):
+    """Return the buttons this user may use on this run."""
+    view = load_run_view(db.session(), run_id) or abort(404)
+    return render_template("runs/_actions.html", run=view.run)
+
+
+@bp.post("/runs/<int:run_id>/abort")
+@requires(JOB_RUN)
+def abort_(run_id: int):
+    """Abort a queued or running run."""
+    try:
+        run = abort_run(run_id, current_user, client_ip())
+    except DispatchError as error:
+        if error.status == 404:
+            abort(404)
+        run = load_run_view(db.session(), run_id).run
+        if not request.headers.get("HX-Request"):
+            flash(error.message, "warning")
+    if request.headers.get("HX-Request"):
+        return render_template("runs/_actions.html", run=run)
+    return redirect(f"/runs/{run_id}")
+
+
+@bp.post("/runs/<int:run_id>/replay")
+@requires(JOB_RUN)
+def replay(run_id: int):
+    """Queue the run again with its parameters (or from its failed step)."""
+    from_failed = request.form.get("from_failed_step") in ("true", "1", "on")
+    try:
+        run = replay_run(run_id, current_user, from_failed, client_ip())
+    except DispatchError as error:
+        if error.status == 404:
+            abort(404)
+        flash(error.message, "warning")
+        return redirect(f"/runs/{run_id}")
+    return redirect(f"/runs/{run.id}")
+
+
+@bp.get("/runs/<int:run_id>/log.txt")
+@requires(JOB_VIEW)
+def download_log(run_id: int):
+    """Stream the whole log as text, read in batches."""
+    if load_run_view(db.session(), run_id) is None:
+        abort(404)
+    database = get_database()
+
+    def lines():
+        with database.sessions() as session:
+            for line in log_lines(session, run_id):
+                yield format_line(line.seq, line.ts, line.level, line.message) + "\n"
+
+    return Response(
+        stream_with_context(lines()),
+        mimetype="text/plain",
+        headers={"Content-Disposition": f'attachment; filename="run-{run_id}.log"'},
+    )

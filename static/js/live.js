@@ -1,5 +1,7 @@
-// The live channel: pushed HTML fragments are swapped in by id (hx-swap-oob), nothing more.
-// This script is an island because a socket has no hypermedia form; keep it this small.
+// The live channel. Pushed fragments carry hx-swap-oob and are handed to htmx as they are.
+// Log lines are the one exception, handled here: they are inserted in sequence order and
+// duplicates dropped, because a page opened mid-run (or reconnecting) receives the lines it
+// missed and the new ones over two paths that may arrive in either order.
 (function () {
   const indicator = document.getElementById("live-indicator");
   const rooms = (document.body.dataset.liveRooms || "").split(/\s+/).filter(Boolean);
@@ -11,14 +13,51 @@
     indicator.textContent = state;
   }
 
+  function logBox(runId) {
+    return document.getElementById("run-" + runId + "-log-lines");
+  }
+
+  function lastSeq(runId) {
+    const box = logBox(runId);
+    const last = box && box.lastElementChild;
+    return last ? Number(last.dataset.seq) : 0;
+  }
+
+  function insertLines(runId, html) {
+    const box = logBox(runId);
+    if (!box) return;
+    const follow = document.getElementById("log-follow");
+    const incoming = document.createElement("template");
+    incoming.innerHTML = html;
+    for (const line of Array.from(incoming.content.querySelectorAll(".log-line"))) {
+      if (document.getElementById(line.id)) continue;
+      const seq = Number(line.dataset.seq);
+      let before = null;
+      for (let node = box.lastElementChild; node && Number(node.dataset.seq) > seq; node = node.previousElementSibling) {
+        before = node;
+      }
+      box.insertBefore(line, before);
+    }
+    if (follow && follow.checked) box.scrollTop = box.scrollHeight;
+  }
+
   socket.on("connect", () => {
     show("live");
-    rooms.forEach((room) => socket.emit("join", room));
-    htmx.trigger(document.body, "live:connected");  // regions refetch what they missed
+    const joins = rooms.map((room) => new Promise((done) => {
+      const runId = room.startsWith("run:") ? room.slice(4) : null;
+      const request = runId ? { room: room, after: lastSeq(runId) } : room;
+      socket.emit("join", request, done);
+    }));
+    // regions refetch what they may have missed once every room is joined
+    Promise.all(joins).then(() => htmx.trigger(document.body, "live:connected"));
   });
   socket.on("disconnect", () => show("disconnected"));
   socket.on("connect_error", () => show("disconnected"));
   socket.on("fragment", (html) => htmx.swap(document.body, html, { swapStyle: "none" }));
+  socket.on("log", (message) => insertLines(message.run, message.html));
+  document.addEventListener("DOMContentLoaded", () => {
+    document.querySelectorAll(".log-lines").forEach((box) => { box.scrollTop = box.scrollHeight; });
+  });
   // for tests and the curious: which transport carries the live channel
   window.nomaflowLive = { transport: () => socket.io.engine && socket.io.engine.transport.name };
 })();
