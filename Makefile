@@ -21,9 +21,10 @@ $(VENV)/.installed-test: $(BIN)/activate pyproject.toml
 	touch $@ $(VENV)/.installed
 
 ## run: install, migrate the embedded SQLite database and serve on http://$(HOST):$(PORT)
+## (a new installation gets demo jobs; NOMAFLOW_DEMO_JOBS=false leaves them out)
 run: $(VENV)/.installed
 	$(BIN)/nomaflow db upgrade
-	$(BIN)/nomaflow serve --host $(HOST) --port $(PORT)
+	NOMAFLOW_DEMO_JOBS=$${NOMAFLOW_DEMO_JOBS:-true} $(BIN)/nomaflow serve --host $(HOST) --port $(PORT)
 
 ## test: install with the test extras, lint, and run the whole suite (browser tests included)
 test: $(VENV)/.installed-test

@@ -43,6 +43,7 @@ class Settings:
     node_name: str | None
     runner_pool_size: int
     log_max_lines: int
+    demo_jobs: bool
 
     def flask_config(self) -> dict:
         """Return the Flask config keys derived from these settings."""
@@ -95,6 +96,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         node_name=get("NODE_NAME"),
         runner_pool_size=_integer("RUNNER_POOL_SIZE", get("RUNNER_POOL_SIZE"), 4),
         log_max_lines=_integer("LOG_MAX_LINES", get("LOG_MAX_LINES"), 100_000, minimum=10),
+        demo_jobs=_boolean("DEMO_JOBS", get("DEMO_JOBS"), default=False),
     )
 
 

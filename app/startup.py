@@ -8,6 +8,7 @@ import sys
 import sqlalchemy as sa
 from flask import Flask
 
+from app.builtin_jobs import ensure_builtin_jobs
 from app.db import get_database
 from app.engine.service import start_runner, stop_runner
 from app.live import start_live_push, stop_live_push
@@ -76,6 +77,7 @@ def prepare_server(app: Flask, out=sys.stdout) -> None:
     """Check the database, create the first admin, start the runner, live pushes and clock."""
     check_database(app)
     create_first_admin(app, out)
+    ensure_builtin_jobs(get_database(app), demo=app.config["NOMAFLOW"].demo_jobs)
     start_runner(app)
     start_live_push(app)
     start_clock(app)

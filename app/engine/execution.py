@@ -201,6 +201,7 @@ class RunExecution:
             timeout_seconds=timeout,
             deadline=deadline,
             instance_path=self.settings.instance_path,
+            database=self.database,
         )
         started = time.monotonic()
         output, rows = None, None

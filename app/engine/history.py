@@ -50,6 +50,7 @@ def run_document(view: RunView) -> dict[str, Any]:
         "params": run.params,
         "log_level": run.log_level,
         "node": run.node,
+        "scheduled_for": _iso(run.scheduled_for),
         "queued_at": _iso(run.queued_at),
         "started_at": _iso(run.started_at),
         "finished_at": _iso(run.finished_at),

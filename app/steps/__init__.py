@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from app.steps.base import StepType
+from app.steps.maintenance import MaintenanceStep
 from app.steps.python import PythonStep
 
-STEP_TYPES: dict[str, StepType] = {t.kind: t for t in (PythonStep(),)}
+STEP_TYPES: dict[str, StepType] = {t.kind: t for t in (PythonStep(), MaintenanceStep())}
 
 
 def get_step_type(kind: str) -> StepType:

@@ -51,6 +51,7 @@ class StepContext:
     deadline: float  # time.monotonic() value after which the step has timed out
     instance_path: str
     metrics: dict[str, Any] = field(default_factory=dict)  # filled by run(): rows, bytes, status
+    database: Any = None  # the app's own Database (app.db), for built-in steps
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException
 from app import __version__
 from app.db import utcnow
 from app.engine.history import duration_text
+from app.schedules import describe_schedule
 
 
 def register_blueprints(app: Flask) -> None:
@@ -20,6 +21,13 @@ def register_blueprints(app: Flask) -> None:
     app.context_processor(_layout_context)
     app.add_template_filter(_run_duration, "run_duration")
     app.add_template_filter(_step_duration, "step_duration")
+    app.add_template_filter(_schedule_words, "schedule_words")
+
+
+def _schedule_words(job) -> str:
+    if not (job.schedule or job.interval):
+        return "manual only"
+    return describe_schedule(job.schedule, job.interval)
 
 
 def _run_duration(run) -> str:

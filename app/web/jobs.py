@@ -4,6 +4,7 @@ from flask_login import current_user
 
 from app import db
 from app.auth import client_ip, requires
+from app.builtin_jobs import MAINTENANCE_JOB
 from app.engine.dispatch import DispatchError
 from app.engine.service import trigger_job
 from app.models import Job
@@ -20,7 +21,8 @@ def index():
     jobs = (
         db.session().scalars(sa.select(Job).where(Job.deleted_at.is_(None)).order_by(Job.id)).all()
     )
-    return render_template("jobs/index.html", jobs=jobs)
+    only_builtin = all(job.id == MAINTENANCE_JOB["id"] for job in jobs)
+    return render_template("jobs/index.html", jobs=jobs, only_builtin=only_builtin)
 
 
 @bp.post("/jobs/<job_id>/run")
