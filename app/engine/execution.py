@@ -28,7 +28,14 @@ from app.engine.templating import (
 )
 from app.models import Run, StepRun, User, Variable
 from app.steps import get_step_type
-from app.steps.base import StepCanceled, StepContext, StepFailed, StepTimedOut, StepView
+from app.steps.base import (
+    StepCanceled,
+    StepContext,
+    StepFailed,
+    StepRetryLater,
+    StepTimedOut,
+    StepView,
+)
 
 log = logging.getLogger(__name__)
 MAX_OUTPUT_BYTES = 1024 * 1024
@@ -44,6 +51,7 @@ class EngineSettings:
 class StepOutcome:
     state: str
     error: str | None = None
+    retry_after: float | None = None  # the other side asked for this pause (HTTP Retry-After)
 
 
 class RunExecution:
@@ -57,8 +65,10 @@ class RunExecution:
         settings: EngineSettings,
         run_id: int,
         cancel: threading.Event,
+        connectors=None,
     ):
         self.database, self.vault, self.writer = database, vault, writer
+        self.connectors = connectors
         self.settings, self.run_id, self.cancel = settings, run_id, cancel
         self.outputs: dict[str, StepView] = {}
 
@@ -168,7 +178,7 @@ class RunExecution:
                 break
             if outcome.error and outcome.error.startswith("template "):
                 break  # templates fail the same way every time
-            delay = backoff_seconds(policy, attempt)
+            delay = max(backoff_seconds(policy, attempt), outcome.retry_after or 0)
             self.run_log.warning(
                 f"{name}: attempt {attempt}/{attempts} {outcome.state}; retrying in {delay:.1f}s"
             )
@@ -202,6 +212,7 @@ class RunExecution:
             deadline=deadline,
             instance_path=self.settings.instance_path,
             database=self.database,
+            connectors=self.connectors,
         )
         started = time.monotonic()
         output, rows = None, None
@@ -216,6 +227,8 @@ class RunExecution:
             outcome = StepOutcome("CANCELED", "aborted")
         except StepTimedOut as error:
             outcome = StepOutcome("TIMED_OUT", str(error) or f"timed out after {timeout:.0f}s")
+        except StepRetryLater as error:
+            outcome = StepOutcome("FAILED", str(error), retry_after=error.retry_after)
         except (StepFailed, TemplateProblem, LookupError) as error:
             outcome = StepOutcome("FAILED", str(error))
         except Exception as error:  # a step type's bug: fail the step, keep the run going

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 
+from app.connectors.runtime import Connectors
 from app.crypto import SecretsVault
 from app.db import Database, utcnow
 from app.engine.execution import EngineSettings, RunExecution
@@ -127,6 +128,7 @@ class Runner:
         self.node = node_name(self.host)
         self.pool_size = pool_size
         self.writer = LogWriter(database)
+        self.connectors = Connectors(database, vault)
         self.pool = ThreadPoolExecutor(pool_size, thread_name_prefix="run")
         self.cancel_events: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
@@ -157,6 +159,7 @@ class Runner:
             thread.join(timeout=5)
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.writer.stop()
+        self.connectors.dispose()
 
     def wake(self) -> None:
         self._wake.set()
@@ -212,7 +215,13 @@ class Runner:
             cancel = self.cancel_events.setdefault(run_id, threading.Event())
         try:
             execution = RunExecution(
-                self.database, self.vault, self.writer, self.engine_settings, run_id, cancel
+                self.database,
+                self.vault,
+                self.writer,
+                self.engine_settings,
+                run_id,
+                cancel,
+                self.connectors,
             )
             return execution.execute()
         finally:

@@ -11,6 +11,14 @@ class StepFailed(Exception):
     """The step failed; the message is what the operator reads in the run."""
 
 
+class StepRetryLater(StepFailed):
+    """The step failed in a way the other side asked to retry after a while (HTTP Retry-After)."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class StepTimedOut(StepFailed):
     """The step ran past its timeout_seconds."""
 
@@ -52,6 +60,7 @@ class StepContext:
     instance_path: str
     metrics: dict[str, Any] = field(default_factory=dict)  # filled by run(): rows, bytes, status
     database: Any = None  # the app's own Database (app.db), for built-in steps
+    connectors: Any = None  # app.connectors.runtime.Connectors: engines and clients by name
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,10 @@ class StepType:
             if f.required and config.get(f.name) in (None, "", [], {}):
                 problems[f.name] = "required"
         return problems
+
+    def connector_refs(self, config: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """Return (field path, connector name, kind) for each connector the config names."""
+        return []
 
     def run(self, config: dict[str, Any], ctx: StepContext) -> Any:
         """Do the work; return the step's output (JSON-serialisable) or raise StepFailed."""
