@@ -327,3 +327,29 @@ def test_runs_left_running_by_a_dead_process_become_interrupted(app):
         assert [(r.job_id, r.trigger) for r in requeued] == [("crashy", "retry")]
     finally:
         stop_runner(app)
+
+
+def test_another_hosts_run_is_interrupted_only_once_its_heartbeat_is_stale(app):
+    from datetime import timedelta
+
+    from app.db import utcnow
+    from app.engine.runner import beat, mark_interrupted
+    from app.models import Setting
+
+    make_job(app, "remote")
+    with get_database(app).session_scope() as db:
+        for node in ("far/1", "near/2", "silent/3"):
+            db.add(Run(job_id="remote", trigger="manual", state="RUNNING", node=node, params={}))
+    beat(get_database(app), "far/1")
+    beat(get_database(app), "near/2")
+    with get_database(app).session_scope() as db:
+        stale = (utcnow() - timedelta(seconds=60)).isoformat()
+        db.get(Setting, "node:far/1").value = {"seen": stale}
+    assert mark_interrupted(get_database(app), "this-host") == [1, 3]
+    with get_database(app).session_scope() as db:
+        states = db.execute(sa.select(Run.node, Run.state).order_by(Run.id)).all()
+    assert [tuple(s) for s in states] == [
+        ("far/1", "INTERRUPTED"),
+        ("near/2", "RUNNING"),
+        ("silent/3", "INTERRUPTED"),
+    ]

@@ -203,7 +203,7 @@ class RunExecution:
             run_id=self.run_id,
             job_id=self.job["id"],
             step_name=name,
-            triggered_by=None,
+            triggered_by=self.triggered_by,
             params=self.namespace["params"],
             steps=self.outputs,
             log=slog,

@@ -6,7 +6,9 @@ import logging
 import os
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import sqlalchemy as sa
 
@@ -16,11 +18,14 @@ from app.db import Database, utcnow
 from app.engine.execution import EngineSettings, RunExecution
 from app.engine.logs import LogWriter
 from app.engine.signals import run_changed, run_queued
-from app.models import Job, Run
+from app.models import Job, Run, Setting, StepRun
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.5
 IDLE_POLL_SECONDS = 1.0
+RECOVER_SECONDS = 10.0  # how often a server looks for runs left RUNNING by dead processes
+HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_STALE_SECONDS = 30.0  # another host's process silent this long is taken for dead
 
 
 def node_name(configured: str | None = None) -> str:
@@ -71,18 +76,44 @@ def next_claimable_runs(database: Database, limit: int = 20) -> list[int]:
     return claimable
 
 
-def mark_interrupted(database: Database, node_prefix: str) -> list[int]:
-    """Mark runs left RUNNING by dead processes of this host INTERRUPTED; re-queue if asked."""
+def heartbeat_key(node: str) -> str:
+    return f"node:{node}"
+
+
+def beat(database: Database, node: str) -> None:
+    """Say in the database that this process is alive (read by other hosts' recovery)."""
+    key, value = heartbeat_key(node), {"seen": utcnow().isoformat()}
+    with database.session_scope() as db:
+        if not db.execute(
+            sa.update(Setting).where(Setting.key == key).values(value=value)
+        ).rowcount:
+            db.add(Setting(key=key, value=value))
+
+
+def forget_heartbeat(database: Database, node: str) -> None:
+    with database.session_scope() as db:
+        db.execute(sa.delete(Setting).where(Setting.key == heartbeat_key(node)))
+
+
+def mark_interrupted(database: Database, host: str) -> list[int]:
+    """Mark runs left RUNNING by dead processes INTERRUPTED and return their ids.
+
+    A process of this host is dead when its pid is gone; one of another host when its heartbeat
+    is older than HEARTBEAT_STALE_SECONDS (or it never had one).
+    """
     interrupted = []
     with database.session_scope() as db:
-        rows = db.execute(
-            sa.select(Run.id, Run.node).where(
-                Run.state == "RUNNING", Run.node.like(f"{node_prefix}/%")
-            )
-        ).all()
+        rows = db.execute(sa.select(Run.id, Run.node).where(Run.state == "RUNNING")).all()
+        beats = {
+            key: value
+            for key, value in db.execute(
+                sa.select(Setting.key, Setting.value).where(
+                    Setting.key.in_({heartbeat_key(node or "") for _, node in rows})
+                )
+            ).all()
+        }
         for run_id, node in rows:
-            pid = int(node.rsplit("/", 1)[1]) if node.rsplit("/", 1)[1].isdigit() else 0
-            if pid == os.getpid() or _process_alive(pid):
+            if not _node_is_dead(node or "", host, beats.get(heartbeat_key(node or ""))):
                 continue
             changed = db.execute(
                 sa.update(Run)
@@ -94,10 +125,30 @@ def mark_interrupted(database: Database, node_prefix: str) -> list[int]:
                 )
             ).rowcount
             if changed:
+                db.execute(
+                    sa.update(StepRun)
+                    .where(StepRun.run_id == run_id, StepRun.state == "RUNNING")
+                    .values(
+                        state="INTERRUPTED",
+                        finished_at=utcnow(),
+                        error=f"the process running it ({node}) stopped mid-step",
+                    )
+                )
                 interrupted.append(run_id)
     for run_id in interrupted:
         run_changed.send(run_id)
     return interrupted
+
+
+def _node_is_dead(node: str, host: str, heartbeat: dict | None) -> bool:
+    node_host, _, pid_text = node.rpartition("/")
+    if node_host == host:
+        pid = int(pid_text) if pid_text.isdigit() else 0
+        return pid != os.getpid() and not _process_alive(pid)
+    if not heartbeat:
+        return True
+    seen = datetime.fromisoformat(heartbeat["seen"])
+    return (utcnow() - seen).total_seconds() > HEARTBEAT_STALE_SECONDS
 
 
 def _process_alive(pid: int) -> bool:
@@ -143,9 +194,7 @@ class Runner:
         if not claim_queued:
             self._threads = [t for t in self._threads if t.name != "runner-claim"]
         else:
-            for run_id in mark_interrupted(self.database, self.host):
-                log.warning("run %s was left RUNNING by a dead process: INTERRUPTED", run_id)
-                self._requeue_if_wanted(run_id)
+            self._recover()
             run_queued.connect(self._on_queued, weak=False)
         for thread in self._threads:
             thread.start()
@@ -159,6 +208,7 @@ class Runner:
             thread.join(timeout=5)
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.writer.stop()
+        forget_heartbeat(self.database, self.node)
         self.connectors.dispose()
 
     def wake(self) -> None:
@@ -191,11 +241,22 @@ class Runner:
         with self._lock:
             return len(self.cancel_events)
 
+    def _recover(self) -> None:
+        """Mark runs of this host's dead processes INTERRUPTED: at start, then periodically, so
+        a replica that died beside this one is found without waiting for a restart."""
+        for run_id in mark_interrupted(self.database, self.host):
+            log.warning("run %s was left RUNNING by a dead process: INTERRUPTED", run_id)
+            self._requeue_if_wanted(run_id)
+
     def _claim_loop(self) -> None:
+        next_recovery = time.monotonic() + RECOVER_SECONDS
         while not self._stopping.is_set():
             self._wake.wait(IDLE_POLL_SECONDS)
             self._wake.clear()
             try:
+                if time.monotonic() >= next_recovery:
+                    next_recovery = time.monotonic() + RECOVER_SECONDS
+                    self._recover()
                 while not self._stopping.is_set() and self._busy() < self.pool_size:
                     free = self.pool_size - self._busy()
                     claimed = 0
@@ -230,7 +291,15 @@ class Runner:
             self.wake()  # a slot is free, and a queued run of this job may start now
 
     def _cancel_loop(self) -> None:
+        """Hear aborts asked through the database, and keep this process's heartbeat fresh."""
+        next_beat = 0.0
         while not self._stopping.wait(CANCEL_POLL_SECONDS):
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + HEARTBEAT_SECONDS
+                try:
+                    beat(self.database, self.node)
+                except sa.exc.SQLAlchemyError:
+                    log.exception("runner could not write its heartbeat")
             with self._lock:
                 active = list(self.cancel_events)
             if not active:
