@@ -58,6 +58,7 @@ class Clock:
         self.database, self.vault = database, vault
         self.scheduler: LeaderScheduler | None = None
         self.started_at: datetime | None = None
+        self.ready = threading.Event()  # set once the leader's scheduler is synced and running
         self._engine: sa.Engine | None = None
         self._sync_now = threading.Event()
         self._stopping = threading.Event()
@@ -155,9 +156,11 @@ class Clock:
         jobs_changed.connect(self._on_jobs_changed, weak=False)
         self._sync_thread = threading.Thread(target=self._sync_loop, name="clock-sync", daemon=True)
         self._sync_thread.start()
+        self.ready.set()
 
     def _stop_scheduler(self) -> None:
         global _active_clock
+        self.ready.clear()
         jobs_changed.disconnect(self._on_jobs_changed)
         _active_clock = None
         self._sync_now.set()

@@ -353,3 +353,20 @@ def test_another_hosts_run_is_interrupted_only_once_its_heartbeat_is_stale(app):
         ("near/2", "RUNNING"),
         ("silent/3", "INTERRUPTED"),
     ]
+
+
+def test_a_secret_in_a_step_error_or_output_is_masked_in_the_run(app, runner):
+    make_job(
+        app,
+        "leaky",
+        params=[{"name": "token", "type": "secret", "required": True}],
+        steps=[
+            python_step("echo", "ctx.set_output({'url': 'https://x/' + ctx.params['token']})"),
+            python_step("fail", "raise RuntimeError('bad token ' + ctx.params['token'])"),
+        ],
+    )
+    document = wait_for_run(app, trigger(app, "leaky", {"token": "tok-123456"}).id)
+    assert document["state"] == "FAILED"
+    assert document["reason"] == "RuntimeError: bad token ••••••"
+    assert document["steps"][0]["output"] == {"url": "https://x/••••••"}
+    assert "tok-123456" not in str(document)

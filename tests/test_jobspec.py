@@ -127,9 +127,13 @@ def test_duplicate_step_names_are_reported_on_the_second_step():
 
 def test_an_unknown_step_type_names_the_known_ones():
     table = job_table(steps=[{"name": "copy-customers", "type": "sql_copyy", "mode": "append"}])
+    from app.steps import STEP_TYPES
+
+    known = ", ".join(sorted(STEP_TYPES))
+    assert "python" in known and "maintenance" in known
     assert problems(table) == [
         "jobs[0] nightly › steps[0] copy-customers › type: unknown step type 'sql_copyy' "
-        "(known: python)"
+        f"(known: {known})"
     ]
 
 

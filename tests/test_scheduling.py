@@ -23,10 +23,8 @@ def clocked_app(make_app):
 
 
 def wait_for_leader(clock, timeout=10):
-    deadline = time.monotonic() + timeout
-    while clock.role != "leader" or clock.scheduler is None:
-        assert time.monotonic() < deadline, "the clock never became leader"
-        time.sleep(0.02)
+    assert clock.ready.wait(timeout), "the clock never became leader"
+    assert clock.role == "leader"
 
 
 def runs_of(app, job_id):

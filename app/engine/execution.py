@@ -116,7 +116,11 @@ class RunExecution:
             db.execute(
                 sa.update(Run)
                 .where(Run.id == self.run_id)
-                .values(state=state, reason=reason, finished_at=utcnow())
+                .values(
+                    state=state,
+                    reason=self.run_log.mask(reason) if reason else None,
+                    finished_at=utcnow(),
+                )
             )
         run_changed.send(self.run_id)
         return state
@@ -278,8 +282,8 @@ class RunExecution:
                 .where(StepRun.id == step_run_id)
                 .values(
                     state=outcome.state,
-                    error=outcome.error,
-                    output=output,
+                    error=self.run_log.mask(outcome.error) if outcome.error else None,
+                    output=self.run_log.mask_value(output),  # later steps see the real one
                     metrics=metrics,
                     finished_at=utcnow(),
                 )
@@ -297,8 +301,8 @@ class RunExecution:
                     position=position,
                     attempt=1,
                     state=state,
-                    error=reason,
-                    output=output,
+                    error=self.run_log.mask(reason) if reason else None,
+                    output=self.run_log.mask_value(output),
                     started_at=now,
                     finished_at=now,
                 )

@@ -121,9 +121,7 @@ class RunLog:
     ) -> None:
         if LEVELS.get(level, 20) < self.threshold:
             return
-        message = str(message)
-        for secret in self.secrets:
-            message = message.replace(secret, "••••••")
+        message = self.mask(str(message))
         if len(message) > MAX_LINE_CHARS:
             message = message[:MAX_LINE_CHARS] + f" … [{len(message) - MAX_LINE_CHARS} chars cut]"
         with self._lock:
@@ -150,6 +148,24 @@ class RunLog:
                     "message": message,
                 }
             )
+
+    def mask(self, text: str) -> str:
+        """Hide every known secret value (secret parameters and variables) in ``text``."""
+        for secret in self.secrets:
+            text = text.replace(secret, "••••••")
+        return text
+
+    def mask_value(self, value):
+        """``mask`` through the strings of a JSON-like value (step outputs)."""
+        if not self.secrets:
+            return value
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, list):
+            return [self.mask_value(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.mask_value(v) for k, v in value.items()}
+        return value
 
     def for_step(self, step_run_id: int | None, step: str) -> StepLogger:
         return StepLogger(self, step_run_id, step)
