@@ -93,60 +93,70 @@ def render_log_lines(run_id: int, lines) -> str:
 
 
 class LivePusher:
-    """Render engine events into fragments on one thread of its own, in the order they came.
+    """Render engine events into fragments on threads of their own, never in the engine.
 
-    The engine only queues (it never waits for a template); bursts of ``run_changed`` for one run
-    are rendered once; the actions region is re-fetched by each browser only when the run's
-    state changed, since which buttons show depends on who looks.
+    Log lines go out on one thread, in the order they were written, with nothing queued before
+    them; run changes are rendered on another, a burst for one run rendered once. Which
+    buttons a run page shows depends on who looks, so those are re-fetched by each browser,
+    and only when the run's state changed.
     """
 
     def __init__(self, app: Flask):
         self.app = app
         self.database = get_database(app)
-        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.log_events: queue.SimpleQueue = queue.SimpleQueue()
+        self.run_events: queue.SimpleQueue = queue.SimpleQueue()
         self.states: dict[int, str] = {}
-        self.thread = threading.Thread(target=self._loop, name="live-push", daemon=True)
+        self.threads = [
+            threading.Thread(target=self._log_loop, name="live-push-logs", daemon=True),
+            threading.Thread(target=self._run_loop, name="live-push-runs", daemon=True),
+        ]
 
     def start(self) -> None:
         run_changed.connect(self.on_run_changed, weak=False)
         log_appended.connect(self.on_log_appended, weak=False)
-        self.thread.start()
+        for thread in self.threads:
+            thread.start()
 
     def stop(self) -> None:
         run_changed.disconnect(self.on_run_changed)
         log_appended.disconnect(self.on_log_appended)
-        self.events.put(None)
-        self.thread.join(timeout=5)
+        self.log_events.put(None)
+        self.run_events.put(None)
+        for thread in self.threads:
+            thread.join(timeout=5)
 
     def on_run_changed(self, run_id, **_kw) -> None:
-        self.events.put(("run", run_id, None))
+        self.run_events.put(run_id)
 
     def on_log_appended(self, run_id, lines=(), **_kw) -> None:
-        self.events.put(("log", run_id, lines))
+        self.log_events.put((run_id, lines))
 
-    def _loop(self) -> None:
+    def _log_loop(self) -> None:
+        while (event := self.log_events.get()) is not None:
+            run_id, lines = event
+            try:
+                with self.app.test_request_context("/"):
+                    html = render_log_lines(run_id, lines)
+                socketio.emit("log", {"run": run_id, "html": html}, to=f"run:{run_id}")
+            except Exception:  # one bad render must not stop every later push
+                log.exception("live push of log lines of run %s failed", run_id)
+
+    def _run_loop(self) -> None:
         while True:
-            batch = [self.events.get()]
-            while not self.events.empty():
-                batch.append(self.events.get())
-            last_change = {e[1]: i for i, e in enumerate(batch) if e and e[0] == "run"}
-            for index, event in enumerate(batch):
-                if event is None:
+            batch = [self.run_events.get()]
+            while not self.run_events.empty():
+                batch.append(self.run_events.get())
+            for run_id in dict.fromkeys(batch):  # each run once, in order of first change
+                if run_id is None:
                     return
-                kind, run_id, lines = event
-                if kind == "run" and last_change[run_id] != index:
-                    continue  # a later change of the same run in this batch says it all
                 try:
                     with self.app.test_request_context("/"):
-                        self._push(kind, run_id, lines)
-                except Exception:  # one bad render must not stop every later push
-                    log.exception("live push of %s %s failed", kind, run_id)
+                        self._push_run(run_id)
+                except Exception:
+                    log.exception("live push of run %s failed", run_id)
 
-    def _push(self, kind: str, run_id: int, lines) -> None:
-        if kind == "log":
-            html = render_log_lines(run_id, lines)
-            socketio.emit("log", {"run": run_id, "html": html}, to=f"run:{run_id}")
-            return
+    def _push_run(self, run_id: int) -> None:
         with self.database.session_scope() as db:
             view = load_run_view(db, run_id)
             if view is None:

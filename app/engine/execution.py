@@ -52,6 +52,7 @@ class StepOutcome:
     state: str
     error: str | None = None
     retry_after: float | None = None  # the other side asked for this pause (HTTP Retry-After)
+    final: bool = False  # retrying cannot help (a template error, a refused LDAP bind)
 
 
 class RunExecution:
@@ -180,8 +181,8 @@ class RunExecution:
             outcome = self._attempt(position, step, attempt, attempts)
             if outcome.state in ("SUCCEEDED", "CANCELED") or attempt == attempts:
                 break
-            if outcome.error and outcome.error.startswith("template "):
-                break  # templates fail the same way every time
+            if outcome.final:
+                break
             delay = max(backoff_seconds(policy, attempt), outcome.retry_after or 0)
             self.run_log.warning(
                 f"{name}: attempt {attempt}/{attempts} {outcome.state}; retrying in {delay:.1f}s"
@@ -233,8 +234,10 @@ class RunExecution:
             outcome = StepOutcome("TIMED_OUT", str(error) or f"timed out after {timeout:.0f}s")
         except StepRetryLater as error:
             outcome = StepOutcome("FAILED", str(error), retry_after=error.retry_after)
-        except (StepFailed, TemplateProblem, LookupError) as error:
-            outcome = StepOutcome("FAILED", str(error))
+        except TemplateProblem as error:
+            outcome = StepOutcome("FAILED", str(error), final=True)  # same way every time
+        except (StepFailed, LookupError) as error:
+            outcome = StepOutcome("FAILED", str(error), final=not getattr(error, "retryable", True))
         except Exception as error:  # a step type's bug: fail the step, keep the run going
             log.exception("step %s of run %s crashed", name, self.run_id)
             slog.error("".join(traceback.format_exception(error)).rstrip())

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 from app.steps.base import StepType
+from app.steps.http import HttpStep
+from app.steps.ldap_sync import LdapSync
 from app.steps.maintenance import MaintenanceStep
 from app.steps.python import PythonStep
+from app.steps.sql_copy import SqlCopyStep
+from app.steps.sql_query import SqlQueryStep
 
-STEP_TYPES: dict[str, StepType] = {t.kind: t for t in (PythonStep(), MaintenanceStep())}
+STEP_TYPES: dict[str, StepType] = {
+    t.kind: t
+    for t in (
+        SqlQueryStep(),
+        SqlCopyStep(),
+        PythonStep(),
+        HttpStep(),
+        LdapSync(),
+        MaintenanceStep(),
+    )
+}
 
 
 def get_step_type(kind: str) -> StepType:

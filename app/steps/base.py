@@ -8,7 +8,12 @@ from typing import Any, Protocol
 
 
 class StepFailed(Exception):
-    """The step failed; the message is what the operator reads in the run."""
+    """The step failed; the message is what the operator reads in the run.
+
+    A subclass sets ``retryable = False`` when another attempt cannot help (a refused bind).
+    """
+
+    retryable = True
 
 
 class StepRetryLater(StepFailed):
