@@ -133,10 +133,11 @@ def check() -> None:
 
 
 def _register_commands() -> None:
-    from app import cli_jobs, cli_runs
+    from app import cli_connectors, cli_jobs, cli_runs
 
     main.add_command(cli_jobs.jobs)
     cli_runs.register(main)
+    cli_connectors.register(main)
 
 
 _register_commands()

@@ -26,14 +26,19 @@ def jobs() -> None:
 
 @contextmanager
 def _database_session() -> Iterator[Session]:
-    """Give a session that commits at the end; exit 3 when the database cannot be reached."""
+    """Give a session that commits at the end; exit 3 when the database cannot be reached.
+
+    The session carries the installation's keys as ``info["vault"]`` (secrets in job files).
+    """
     from app.cli import EXIT_NO_DATABASE, app_or_exit, fail
+    from app.crypto import vault
     from app.db import get_database
     from app.startup import unreachable_message
 
     app = app_or_exit()
     try:
         with get_database(app).session_scope() as db_session:
+            db_session.info["vault"] = vault(app)
             yield db_session
     except sa.exc.OperationalError as error:
         fail(unreachable_message(app.config["NOMAFLOW"].database_url, error), EXIT_NO_DATABASE)
@@ -49,7 +54,7 @@ def import_command(file: str, dry_run: bool) -> None:
 
     text = _read_text(file)
     with _database_session() as db_session:
-        result = import_jobs(db_session, text, dry_run=dry_run)
+        result = import_jobs(db_session, text, dry_run=dry_run, vault=db_session.info["vault"])
     if result.errors:
         for error in result.errors:
             click.echo(error, err=True)
@@ -84,7 +89,7 @@ def export_command(job_ids: tuple[str, ...], output: str | None) -> None:
 
     with _database_session() as db_session:
         try:
-            text = export_jobs(db_session, list(job_ids) or None)
+            text = export_jobs(db_session, list(job_ids) or None, vault=db_session.info["vault"])
         except LookupError as error:
             fail(str(error), EXIT_BAD_INPUT)
     if output is None:

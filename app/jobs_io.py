@@ -2,73 +2,262 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 import tomli_w
+from flask import has_app_context
 from sqlalchemy.orm import Session, selectinload
 
+from app import crypto
+from app.connectors import DEFAULT_CONNECTOR
+from app.connectors.store import export_connector, save_connector
+from app.crypto import SecretsVault
 from app.jobspec import (
     JOB_DEFAULTS,
     PARAM_DEFAULTS,
     RETRY_DEFAULTS,
     STEP_DEFAULTS,
+    STEP_KEYS,
     THEN_DEFAULTS,
     apply_job,
     job_definition,
     plan_job,
     validate_job,
 )
-from app.models import Job, User
+from app.models import Connector, Job, User, Variable
+from app.steps import get_step_type
+from app.variables import VariableError, check_variable, export_variables, set_variable
 
-LATER_SECTIONS = ("connectors", "variables", "channels")  # in the format; features still to come
+LATER_SECTIONS = ("channels",)  # in the format; features still to come
+VARIABLE_KEYS = ("name", "secret", "value")
+# vars.NAME, secrets.NAME, vars['NAME'] in any string of a job: the variables it uses
+VARIABLE_REFERENCE = re.compile(
+    r"\b(?:vars|secrets)\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*['\"]([A-Za-z_]\w*)['\"]\s*\])"
+)
 EXPORT_HEADER = "# Nomaflow jobs (DESIGN §8); `nomaflow jobs import FILE` reads this file back.\n\n"
+
+
+class SecretsUnreadableError(LookupError):
+    """An export needs a stored secret these keys cannot open.
+
+    A LookupError so that `nomaflow jobs export` reports it as one line, like an unknown job.
+    """
 
 
 @dataclass
 class ImportResult:
-    """What an import found: every error ("path: message"), else what happened to each job."""
+    """What an import found: every error ("path: message"), else what happened to each thing.
+
+    ``outcomes`` maps a job id, ``connector NAME`` or ``variable NAME`` to created | updated |
+    unchanged (job ids never hold a space, so the keys cannot collide).
+    """
 
     errors: list[str] = field(default_factory=list)
-    outcomes: dict[str, str] = field(default_factory=dict)  # id -> created | updated | unchanged
+    outcomes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Entry:
+    """One [[connectors]] or [[variables]] table that has the shape to be saved."""
+
+    index: int
+    path: str  # "connectors[0] ops"
+    table: dict[str, Any]
 
 
 def import_jobs(
-    db: Session, text: str, user: User | None = None, dry_run: bool = False, ip: str = ""
+    db: Session,
+    text: str,
+    user: User | None = None,
+    dry_run: bool = False,
+    ip: str = "",
+    vault: SecretsVault | None = None,
 ) -> ImportResult:
-    """Check a whole job file, then save every job in it, or none if anything is wrong.
+    """Check a whole file (jobs, connectors, variables), then save all of it, or none of it.
 
-    Nothing is written when there is an error or on a dry run; the caller commits.
+    Connectors and variables are checked by saving them (save_connector and set_variable know
+    what is stored: a kind is fixed, an enc: token must open with these keys), so when the file
+    has any, an error or a dry run rolls the session back. Otherwise the caller commits.
+    ``vault`` defaults to the app's, or outside an app context to this process's settings.
     """
     result = ImportResult()
-    specs = _read_jobs(db, text, result.errors)
-    if result.errors:
-        return result
-    for spec in specs:
-        if dry_run:
-            result.outcomes[spec["id"]] = plan_job(db, spec)
-        else:
-            result.outcomes[spec["id"]] = apply_job(db, spec, user, ip)
-    return result
-
-
-def _read_jobs(db: Session, text: str, errors: list[str]) -> list[dict[str, Any]]:
+    errors = result.errors
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         errors.append(f"file: invalid TOML: {error}")
-        return []
+        return result
     for key in document:
         if key in LATER_SECTIONS:
             errors.append(f"{key}: [[{key}]] is not supported by this version yet")
-        elif key != "jobs":
-            errors.append(f"{key}: unknown section (a job file holds [[jobs]] tables)")
+        elif key not in ("jobs", "connectors", "variables"):
+            errors.append(
+                f"{key}: unknown section (a job file holds [[jobs]], [[connectors]] and "
+                "[[variables]] tables)"
+            )
+    connectors = _connector_entries(document, errors)
+    variables = _variable_entries(document, errors)
+    specs = _read_jobs(db, document, errors)
+    errors.extend(_connector_problems(db, specs, connectors))
+    writes = bool(connectors or variables)
+    if writes:
+        secrets_vault = vault or _current_vault()
+        result.outcomes |= _save_connectors(db, secrets_vault, connectors, errors, user, ip)
+        result.outcomes |= _save_variables(db, secrets_vault, variables, errors, user, ip)
+    if errors:
+        result.outcomes = {}
+        if writes:
+            db.rollback()
+        return result
+    for spec in specs.values():
+        if dry_run:
+            result.outcomes[spec["id"]] = plan_job(db, spec)
+        else:
+            result.outcomes[spec["id"]] = apply_job(db, spec, user, ip)
+    if dry_run and writes:
+        db.rollback()
+    return result
+
+
+def _current_vault() -> SecretsVault:
+    """The running app's vault; in a command without an app context, this process's settings."""
+    if has_app_context():
+        return crypto.vault()
+    from app.config import load_settings
+
+    return SecretsVault(load_settings().encryption_keys)
+
+
+def _section(document: dict, key: str, errors: list[str]) -> list[tuple[int, dict[str, Any]]]:
+    tables = document.get(key, [])
+    if not isinstance(tables, list):
+        errors.append(f"{key}: expected [[{key}]] tables")
+        return []
+    found = []
+    for index, table in enumerate(tables):
+        if isinstance(table, dict):
+            found.append((index, table))
+        else:
+            errors.append(f"{key}[{index}]: expected a table")
+    return found
+
+
+def _path(key: str, index: int, name: Any) -> str:
+    return f"{key}[{index}] {name}" if isinstance(name, str) and name else f"{key}[{index}]"
+
+
+def _connector_entries(document: dict, errors: list[str]) -> list[_Entry]:
+    """Check what save_connector cannot: the table's shape, and one name once in the file."""
+    entries, first = [], {}
+    for index, table in _section(document, "connectors", errors):
+        path = _path("connectors", index, table.get("name"))
+        shape_ok = True
+        for key in ("name", "kind"):
+            if not isinstance(table.get(key), str) or not table[key]:
+                problem = "required" if key not in table else "expected a string"
+                errors.append(f"{path} › {key}: {problem}")
+                shape_ok = False
+        if not isinstance(table.get("description", ""), str):
+            errors.append(f"{path} › description: expected a string")
+            shape_ok = False
+        name = table.get("name")
+        if isinstance(name, str) and name in first:
+            errors.append(
+                f"{path} › name: duplicate connector name {name!r} (also connectors[{first[name]}])"
+            )
+            shape_ok = False
+        elif isinstance(name, str):
+            first[name] = index
+        if shape_ok:
+            entries.append(_Entry(index, path, table))
+    return entries
+
+
+def _variable_entries(document: dict, errors: list[str]) -> list[_Entry]:
+    entries, first = [], {}
+    for index, table in _section(document, "variables", errors):
+        path = _path("variables", index, table.get("name"))
+        problems = {}
+        for key in table:
+            if key not in VARIABLE_KEYS:
+                known = ", ".join(VARIABLE_KEYS)
+                problems[key] = f"unknown variable field {key!r} (known: {known})"
+        secret = table.get("secret", False)
+        problems |= check_variable(table.get("name"), table.get("value"), secret)
+        if "name" not in table:
+            problems["name"] = "required"
+        if "value" not in table and secret is not True:
+            problems["value"] = "required"  # a secret left out keeps the stored value
+        name = table.get("name")
+        if isinstance(name, str) and name in first and "name" not in problems:
+            problems["name"] = f"duplicate variable name {name!r} (also variables[{first[name]}])"
+        elif isinstance(name, str):
+            first.setdefault(name, index)
+        errors.extend(f"{path} › {key}: {problem}" for key, problem in problems.items())
+        if not problems:
+            entries.append(_Entry(index, path, table))
+    return entries
+
+
+def _save_connectors(db, secrets_vault, entries, errors, user, ip) -> dict[str, str]:
+    outcomes = {}
+    for entry in entries:
+        values = {k: v for k, v in entry.table.items() if k not in ("name", "kind", "description")}
+        try:
+            _, outcome = save_connector(
+                db,
+                secrets_vault,
+                entry.table["name"],
+                entry.table["kind"],
+                values,
+                description=entry.table.get("description"),
+                user=user,
+                ip=ip,
+            )
+        except ValueError as error:  # ConnectorError, or stored secrets these keys cannot open
+            errors.extend(_error_lines(entry.path, error))
+        else:
+            outcomes[f"connector {entry.table['name']}"] = outcome
+    return outcomes
+
+
+def _save_variables(db, secrets_vault, entries, errors, user, ip) -> dict[str, str]:
+    outcomes = {}
+    for entry in entries:
+        table = entry.table
+        try:
+            _, outcome = set_variable(
+                db,
+                secrets_vault,
+                table["name"],
+                table.get("value"),
+                secret=table.get("secret", False),
+                user=user,
+                ip=ip,
+            )
+        except VariableError as error:
+            errors.extend(_error_lines(entry.path, error))
+        else:
+            outcomes[f"variable {table['name']}"] = outcome
+    return outcomes
+
+
+def _error_lines(path: str, error: ValueError) -> list[str]:
+    fields = getattr(error, "fields", None)
+    if fields:
+        return [f"{path} › {key}: {problem}" for key, problem in fields.items()]
+    return [f"{path}: {getattr(error, 'message', None) or error}"]
+
+
+def _read_jobs(db: Session, document: dict, errors: list[str]) -> dict[int, dict[str, Any]]:
     tables = document.get("jobs", [])
     if not isinstance(tables, list):
         errors.append("jobs: expected [[jobs]] tables")
-        return []
+        return {}
     specs, first_index = {}, {}
     for index, table in enumerate(tables):
         spec, problems = validate_job(table, index)
@@ -84,7 +273,7 @@ def _read_jobs(db: Session, text: str, errors: list[str]) -> list[dict[str, Any]
         if spec is not None:
             specs[index] = spec
     errors.extend(_unknown_references(db, specs, set(first_index)))
-    return list(specs.values())
+    return specs
 
 
 def _unknown_references(db: Session, specs: dict[int, dict], in_file: set[str]) -> list[str]:
@@ -105,11 +294,51 @@ def _unknown_references(db: Session, specs: dict[int, dict], in_file: set[str]) 
     ]
 
 
-def export_jobs(db: Session, ids: list[str] | None = None) -> str:
+def _step_connector_refs(step: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The (field path, connector name, kind) a step names; a templated name is left to runs."""
+    config = {key: value for key, value in step.items() if key not in STEP_KEYS}
+    refs = get_step_type(step["type"]).connector_refs(config)
+    return [ref for ref in refs if isinstance(ref[1], str) and "{{" not in ref[1]]
+
+
+def _connector_problems(db: Session, specs: dict[int, dict], entries: list[_Entry]) -> list[str]:
+    """Name every connector a step uses that is neither stored nor in this file, or of a kind
+    other than the step needs (``default`` is always the app's own sql database)."""
+    wanted = [
+        (index, position, step, ref)
+        for index, spec in specs.items()
+        for position, step in enumerate(spec["steps"])
+        for ref in _step_connector_refs(step)
+    ]
+    kinds = {entry.table["name"]: entry.table["kind"] for entry in entries}
+    outside = {ref[1] for *_, ref in wanted} - set(kinds) - {DEFAULT_CONNECTOR}
+    if outside:
+        query = sa.select(Connector.name, Connector.kind).where(Connector.name.in_(outside))
+        kinds |= {name: kind for name, kind in db.execute(query)}
+    kinds[DEFAULT_CONNECTOR] = "sql"
+    problems = []
+    for index, position, step, (path, name, kind) in wanted:
+        actual = kinds.get(name)
+        if actual != kind:
+            job_path = f"jobs[{index}] {specs[index]['id']}"
+            where = f"{job_path} › steps[{position}] {step['name']} › {path}"
+            also = f" ({name} is a {actual} connector)" if actual else ""
+            problems.append(f"{where}: no {kind} connector named {name!r}{also}")
+    return problems
+
+
+def export_jobs(
+    db: Session,
+    ids: list[str] | None = None,
+    vault: SecretsVault | None = None,
+    everything: bool | None = None,
+) -> str:
     """Return the given jobs (default: every job not deleted) as TOML, ordered by id.
 
-    Values equal to their defaults are left out so files stay short; LookupError names any
-    unknown id.
+    With them go connectors and variables, secrets as enc: tokens: when exporting every job,
+    all of them (the file restores the whole set-up); when exporting named jobs, those the jobs
+    use. ``everything`` overrides that choice. Values equal to their defaults are left out so
+    files stay short; LookupError names any unknown id, or a secret these keys cannot open.
     """
     query = sa.select(Job).where(Job.deleted_at.is_(None)).order_by(Job.id)
     if ids is not None:
@@ -118,8 +347,65 @@ def export_jobs(db: Session, ids: list[str] | None = None) -> str:
     missing = sorted(set(ids or ()) - {job.id for job in jobs})
     if missing:
         raise LookupError(f"unknown job {', '.join(repr(job_id) for job_id in missing)}")
-    document = {"jobs": [_without_defaults(job_definition(job)) for job in jobs]}
+    definitions = [job_definition(job) for job in jobs]
+    if everything is None:
+        everything = ids is None
+    document: dict[str, Any] = {}
+    connector_query = sa.select(Connector).order_by(Connector.name)
+    variable_names = None
+    if not everything:
+        used = _connectors_used(definitions)
+        connector_query = connector_query.where(Connector.name.in_(used))
+        variable_names = _variables_used(definitions)
+    connectors = list(db.scalars(connector_query))
+    secret_variables = sa.select(Variable.id).where(Variable.secret.is_(True))
+    if variable_names is not None:
+        secret_variables = secret_variables.where(Variable.name.in_(variable_names))
+    needs_keys = any(c.secrets_sealed for c in connectors) or db.scalar(secret_variables.limit(1))
+    # only secrets need the keys: a file without any never opens them
+    secrets_vault = vault or (_current_vault() if needs_keys else None)
+    try:
+        if connectors:
+            document["connectors"] = [export_connector(secrets_vault, c) for c in connectors]
+        if variable_names is None or variable_names:
+            variables = export_variables(db, secrets_vault, variable_names)
+            if variables:
+                document["variables"] = variables
+    except ValueError as error:
+        raise SecretsUnreadableError(f"cannot export the secrets: {error}") from None
+    document["jobs"] = [_without_defaults(definition) for definition in definitions]
     return EXPORT_HEADER + _dumps_readably(document)
+
+
+def _connectors_used(definitions: list[dict[str, Any]]) -> set[str]:
+    used = {
+        ref[1]
+        for definition in definitions
+        for step in definition["steps"]
+        for ref in _step_connector_refs(step)
+    }
+    for definition in definitions:  # a connector parameter's default names one too
+        for param in definition["params"]:
+            if param.get("type") == "connector" and isinstance(param.get("default"), str):
+                used.add(param["default"])
+    return used - {DEFAULT_CONNECTOR}
+
+
+def _variables_used(definitions: list[dict[str, Any]]) -> set[str]:
+    names: set[str] = set()
+
+    def scan(value: Any) -> None:
+        if isinstance(value, str):
+            names.update(a or b for a, b in VARIABLE_REFERENCE.findall(value))
+        elif isinstance(value, dict):
+            for inner in value.values():
+                scan(inner)
+        elif isinstance(value, list):
+            for inner in value:
+                scan(inner)
+
+    scan(definitions)
+    return names
 
 
 def _dumps_readably(document: dict[str, Any]) -> str:

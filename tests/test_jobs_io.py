@@ -14,6 +14,9 @@ import sqlalchemy as sa
 from app.db import get_database
 from app.jobs_io import export_jobs, import_jobs
 from app.models import AuditEvent, Job, JobVersion
+from app.steps import STEP_TYPES
+
+KNOWN = ", ".join(sorted(STEP_TYPES))
 
 NIGHTLY = '''
 [[jobs]]
@@ -139,7 +142,7 @@ def test_an_import_with_three_errors_in_two_jobs_reports_all_and_writes_nothing(
         code = "x = ("
         [[jobs.steps]]
         name = "b"
-        type = "sql_copy"
+        type = "sql_copyy"
         [[jobs]]
         id = "fine"
         [[jobs.steps]]
@@ -153,7 +156,7 @@ def test_an_import_with_three_errors_in_two_jobs_reports_all_and_writes_nothing(
         "jobs[1] weekly › schedule: day-of-week field '8': '8' is not a day "
         "(0-7 with 0 and 7 = Sunday, or sun..sat)",
         "jobs[1] weekly › steps[0] a › code: syntax error on line 1: '(' was never closed",
-        "jobs[1] weekly › steps[1] b › type: unknown step type 'sql_copy' (known: python)",
+        f"jobs[1] weekly › steps[1] b › type: unknown step type 'sql_copyy' (known: {KNOWN})",
         "jobs[2] fine › steps[0] ok › timeout_seconds: expected a whole number ≥ 1, got 0",
     ]
     assert result.outcomes == {}
@@ -179,10 +182,11 @@ def test_sections_of_later_features_and_unknown_sections_are_refused(app):
         name = "w"
     """)
     assert run_import(app, text).errors == [
-        "connectors: [[connectors]] is not supported by this version yet",
-        "variables: [[variables]] is not supported by this version yet",
         "channels: [[channels]] is not supported by this version yet",
-        "widgets: unknown section (a job file holds [[jobs]] tables)",
+        "widgets: unknown section (a job file holds [[jobs]], [[connectors]] and [[variables]] "
+        "tables)",
+        "connectors[0] ops › kind: required",  # connectors and variables are checked like jobs
+        "variables[0] TOKEN › value: required",
     ]
     assert count(app, Job) == 0
 
@@ -351,7 +355,7 @@ def test_cli_import_errors_go_to_stderr_with_exit_2(instance, tmp_path):
     assert result.stderr.splitlines() == [
         "jobs[0] nightly › schedule: expected 5 fields (minute hour day-of-month month "
         "day-of-week) or 6 with seconds last, got 4 in '0 2 * *'",
-        "jobs[0] nightly › steps[0] say-hello › type: unknown step type 'pyton' (known: python)",
+        f"jobs[0] nightly › steps[0] say-hello › type: unknown step type 'pyton' (known: {KNOWN})",
         f"nomaflow: {job_file}: 2 problems; nothing imported",
     ]
     assert json.loads(nomaflow("jobs", "list", "--json", instance=instance).stdout) == []
@@ -388,3 +392,252 @@ def test_cli_jobs_commands_exit_3_when_the_database_cannot_be_reached(tmp_path):
         result = nomaflow("jobs", *args, instance=tmp_path, database_url=url)
         assert result.returncode == 3, result.stderr
         assert result.stderr.startswith("nomaflow: cannot reach the database at postgresql")
+
+
+# Connectors and variables in the same file (DESIGN §8): sealed on import, enc: on export.
+
+SECRET = "imp0rted-Secret"
+WITH_CONNECTORS = f'''
+[[connectors]]
+name = "api"
+kind = "http"
+description = "Status API"
+base_url = "https://api.example.org"
+auth = "bearer"
+token = "{SECRET}"
+headers = {{ Accept = "application/json" }}
+
+[[connectors]]
+name = "mail"
+kind = "smtp"
+host = "smtp.example.org"
+port = 25
+tls = "none"
+username = "robot"
+password = "{SECRET}"
+sender = "nomaflow@example.org"
+
+[[variables]]
+name = "SLACK_WEBHOOK"
+secret = true
+value = "{SECRET}"
+
+[[variables]]
+name = "REGION"
+value = "eu-west-1"
+
+[[jobs]]
+id = "fetch"
+[[jobs.steps]]
+name = "get"
+type = "http"
+connector = "api"
+url = "/status/{{{{ vars.REGION }}}}"
+'''
+
+
+def import_with_keys(app, text, **options):
+    with app.app_context(), get_database(app).session_scope() as db_session:
+        return import_jobs(db_session, text, **options)
+
+
+def export_with_keys(app, ids=None):
+    with app.app_context(), get_database(app).session_scope() as db_session:
+        return export_jobs(db_session, ids)
+
+
+def raw_rows(app, table) -> str:
+    with get_database(app).session_scope() as db_session:
+        rows = db_session.execute(sa.text(f"SELECT * FROM {table}")).all()
+    return " ".join(str(value) for row in rows for value in row)
+
+
+def test_connectors_and_variables_are_imported_with_their_secrets_sealed(app):
+    from app.connectors.store import load_connector
+    from app.crypto import vault
+
+    result = import_with_keys(app, WITH_CONNECTORS)
+    assert result.errors == []
+    assert result.outcomes == {
+        "connector api": "created",
+        "connector mail": "created",
+        "variable SLACK_WEBHOOK": "created",
+        "variable REGION": "created",
+        "fetch": "created",
+    }
+    assert SECRET not in raw_rows(app, "connectors") + raw_rows(app, "variables")
+    assert "eu-west-1" in raw_rows(app, "variables")
+    with app.app_context(), get_database(app).session_scope() as db_session:
+        api = load_connector(db_session, vault(app), "api").values
+        assert (api["token"], api["headers"]) == (SECRET, {"Accept": "application/json"})
+        assert load_connector(db_session, vault(app), "mail").values["password"] == SECRET
+    assert count(app, AuditEvent) == 5
+
+
+def test_export_writes_enc_tokens_and_imports_back_unchanged(app):
+    import_with_keys(app, WITH_CONNECTORS)
+    exported = export_with_keys(app)
+    assert SECRET not in exported
+    assert exported.count('"enc:') == 3
+    assert exported.index("[[connectors]]") < exported.index("[[variables]]")
+    assert 'value = "eu-west-1"' in exported
+
+    again = import_with_keys(app, exported)
+    assert again.errors == []
+    assert set(again.outcomes.values()) == {"unchanged"} and len(again.outcomes) == 5
+    assert count(app, AuditEvent) == 5  # nothing changed, nothing audited
+
+    def without_tokens(text):
+        return "\n".join(line for line in text.splitlines() if '"enc:' not in line)
+
+    assert without_tokens(export_with_keys(app)) == without_tokens(exported)
+
+
+def test_enc_tokens_of_other_keys_are_a_clear_error_and_nothing_is_written(app, make_app):
+    import_with_keys(app, WITH_CONNECTORS)
+    exported = export_with_keys(app)
+    elsewhere = make_app()  # another instance: other keys
+    result = import_with_keys(elsewhere, exported)
+    cannot = (
+        "cannot decrypt a stored secret: NOMAFLOW_ENCRYPTION_KEYS lacks the key it was sealed with"
+    )
+    assert result.errors == [
+        f"connectors[0] api › token: {cannot}",
+        f"connectors[1] mail › password: {cannot}",
+        f"variables[1] SLACK_WEBHOOK › value: {cannot}",
+    ]
+    assert result.outcomes == {}
+    for model in (Job, AuditEvent):
+        assert count(elsewhere, model) == 0
+    assert raw_rows(elsewhere, "connectors") == raw_rows(elsewhere, "variables") == ""
+
+
+def test_one_bad_connector_or_variable_and_nothing_is_written(app):
+    text = WITH_CONNECTORS + textwrap.dedent("""
+        [[connectors]]
+        name = "broken"
+        kind = "smtp"
+        host = "h"
+        sender = "not-an-address"
+        [[connectors]]
+        name = "api"
+        kind = "http"
+        base_url = "https://twice.example.org"
+        [[variables]]
+        name = "bad-name"
+        value = 3
+        colour = "red"
+    """)
+    result = import_with_keys(app, text)
+    assert result.errors == [
+        "connectors[3] api › name: duplicate connector name 'api' (also connectors[0])",
+        "variables[2] bad-name › colour: unknown variable field 'colour' (known: name, secret, "
+        "value)",
+        "variables[2] bad-name › name: use letters, digits and _ (not starting with a digit)",
+        "variables[2] bad-name › value: expected text",
+        "connectors[2] broken › sender: expected an email address",
+    ]
+    for model in (Job, AuditEvent):
+        assert count(app, model) == 0
+    assert raw_rows(app, "connectors") == raw_rows(app, "variables") == ""
+
+
+def test_steps_must_name_a_connector_of_their_kind_in_the_file_or_the_database(app):
+    import_with_keys(app, '[[connectors]]\nname = "ops"\nkind = "sql"\nurl = "sqlite://"\n')
+    text = WITH_CONNECTORS + textwrap.dedent("""
+        [[jobs]]
+        id = "copy"
+        [[jobs.steps]]
+        name = "ok"
+        type = "sql_copy"
+        mode = "append"
+        source = { connector = "ops", table = "a" }
+        target = { connector = "default", table = "b" }
+        [[jobs.steps]]
+        name = "wrong"
+        type = "sql_copy"
+        mode = "append"
+        source = { connector = "api", table = "a" }
+        target = { connector = "ghost", table = "b" }
+        [[jobs.steps]]
+        name = "call"
+        type = "http"
+        connector = "ops"
+        url = "/x"
+        [[jobs.steps]]
+        name = "templated"
+        type = "http"
+        connector = "{{ params.api }}"
+        url = "/x"
+    """)
+    result = import_with_keys(app, text)
+    assert result.errors == [
+        "jobs[1] copy › steps[1] wrong › source.connector: no sql connector named 'api' "
+        "(api is a http connector)",
+        "jobs[1] copy › steps[1] wrong › target.connector: no sql connector named 'ghost'",
+        "jobs[1] copy › steps[2] call › connector: no http connector named 'ops' "
+        "(ops is a sql connector)",
+    ]
+    assert count(app, Job) == 0
+    fixed = text.replace('connector = "api", table', 'connector = "ops", table')
+    fixed = fixed.replace('connector = "ghost"', 'connector = "default"')
+    fixed = fixed.replace('connector = "ops"\nurl = "/x"', 'connector = "api"\nurl = "/x"')
+    assert import_with_keys(app, fixed).errors == []
+
+
+def test_a_dry_run_with_connectors_says_what_would_happen_and_writes_nothing(app):
+    import_with_keys(app, WITH_CONNECTORS.replace("port = 25", "port = 2525"))
+    before = count(app, AuditEvent)
+    result = import_with_keys(app, WITH_CONNECTORS, dry_run=True)
+    assert result.errors == []
+    assert result.outcomes == {
+        "connector api": "unchanged",
+        "connector mail": "updated",
+        "variable SLACK_WEBHOOK": "unchanged",
+        "variable REGION": "unchanged",
+        "fetch": "unchanged",
+    }
+    assert count(app, AuditEvent) == before
+    assert "port = 2525" in export_with_keys(app)
+
+
+def test_exporting_named_jobs_brings_only_what_they_use(app):
+    text = WITH_CONNECTORS + textwrap.dedent("""
+        [[variables]]
+        name = "UNUSED"
+        value = "x"
+        [[jobs]]
+        id = "notify"
+        [[jobs.steps]]
+        name = "post"
+        type = "http"
+        url = "https://hooks.example.org/{{ secrets['SLACK_WEBHOOK'] }}"
+    """)
+    assert import_with_keys(app, text).errors == []
+    fetch = export_with_keys(app, ["fetch"])
+    assert 'name = "api"' in fetch and 'name = "mail"' not in fetch
+    assert 'name = "REGION"' in fetch and "SLACK_WEBHOOK" not in fetch
+    notify = export_with_keys(app, ["notify"])
+    assert "[[connectors]]" not in notify and 'name = "SLACK_WEBHOOK"' in notify
+    assert 'name = "UNUSED"' not in notify and 'name = "REGION"' not in notify
+    everything = export_with_keys(app)
+    assert everything.count("[[connectors]]") == 2 and everything.count("[[variables]]") == 3
+
+
+def test_cli_imports_and_exports_connectors_and_variables(instance, tmp_path):
+    job_file, exported = tmp_path / "setup.toml", tmp_path / "exported.toml"
+    job_file.write_text(WITH_CONNECTORS)
+    result = nomaflow("jobs", "import", str(job_file), instance=instance)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "created       connector api",
+        "created       connector mail",
+        "created       variable SLACK_WEBHOOK",
+        "created       variable REGION",
+        "created       fetch",
+    ]
+    assert nomaflow("jobs", "export", "-o", str(exported), instance=instance).returncode == 0
+    assert SECRET not in exported.read_text()
+    again = nomaflow("jobs", "import", str(exported), instance=instance)
+    assert again.returncode == 0, again.stderr
+    assert {line.split()[0] for line in again.stdout.splitlines()} == {"unchanged"}

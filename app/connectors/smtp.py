@@ -51,9 +51,9 @@ def open_smtp(values: dict[str, Any]) -> smtplib.SMTP:
         )
     else:
         smtp = smtplib.SMTP(values["host"], values["port"], timeout=values["timeout_seconds"])
+    try:
         if values["tls"] == "starttls":
             smtp.starttls(context=context)
-    try:
         if values.get("username"):
             smtp.login(values["username"], values.get("password") or "")
     except BaseException:

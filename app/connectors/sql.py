@@ -39,7 +39,10 @@ class SqlKind(ConnectorKind):
         return {}
 
     def test(self, values: dict[str, Any]) -> str:
-        engine = build_engine(values, pooled=False)
+        try:
+            engine = build_engine(values, pooled=False)
+        except (sa.exc.ArgumentError, ImportError, ValueError) as error:
+            raise ConnectorTestFailed(f"not a usable database URL: {error}") from error
         try:
             with engine.connect() as connection:
                 version = _server_version(connection)

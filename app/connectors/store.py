@@ -214,5 +214,8 @@ def _move_url_password(kind: str, values: dict[str, Any]) -> dict[str, Any]:
     if url.password:
         if not values.get("password"):
             values["password"] = url.password
-        values["url"] = url.set(password=None).render_as_string(hide_password=False)
+        bare = sa.URL.create(
+            url.drivername, url.username, None, url.host, url.port, url.database, url.query
+        )  # url.set(password=None) keeps it
+        values["url"] = bare.render_as_string(hide_password=False)
     return values

@@ -13,9 +13,9 @@ from app.schedules import describe_schedule
 
 
 def register_blueprints(app: Flask) -> None:
-    from app.web import admin, auth, connectors, health, jobs, runs
+    from app.web import admin, auth, connectors, health, jobs, runs, variables
 
-    for module in (auth, health, jobs, runs, connectors, admin):
+    for module in (auth, health, jobs, runs, connectors, variables, admin):
         app.register_blueprint(module.bp)
     app.register_error_handler(HTTPException, _http_error)
     app.context_processor(_layout_context)
