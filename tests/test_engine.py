@@ -370,3 +370,27 @@ def test_a_secret_in_a_step_error_or_output_is_masked_in_the_run(app, runner):
     assert document["reason"] == "RuntimeError: bad token ••••••"
     assert document["steps"][0]["output"] == {"url": "https://x/••••••"}
     assert "tok-123456" not in str(document)
+
+
+def test_stopping_the_runner_interrupts_runs_in_flight_and_requeues_if_asked(app):
+    make_job(
+        app,
+        "long-copy",
+        requeue_interrupted=True,
+        steps=[python_step("nap", "import time\nprint('working')\ntime.sleep(600)")],
+    )
+    start_runner(app)
+    run = trigger(app, "long-copy")
+    wait_for_run(app, run.id, states={"RUNNING"})
+    time.sleep(0.3)
+    stopped_at = time.monotonic()
+    stop_runner(app)
+    assert time.monotonic() - stopped_at < 5
+    document = wait_for_run(app, run.id, timeout=1)
+    assert (document["state"], document["reason"]) == (
+        "INTERRUPTED",
+        "the server stopped during the run",
+    )
+    with get_database(app).session_scope() as db:
+        again = db.execute(sa.select(Run.state, Run.trigger).where(Run.id > run.id)).all()
+    assert [tuple(r) for r in again] == [("QUEUED", "retry")]  # the next server runs it

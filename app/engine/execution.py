@@ -67,9 +67,11 @@ class RunExecution:
         run_id: int,
         cancel: threading.Event,
         connectors=None,
+        shutting_down: threading.Event | None = None,
     ):
         self.database, self.vault, self.writer = database, vault, writer
         self.connectors = connectors
+        self.shutting_down = shutting_down or threading.Event()
         self.settings, self.run_id, self.cancel = settings, run_id, cancel
         self.outputs: dict[str, StepView] = {}
 
@@ -111,6 +113,8 @@ class RunExecution:
             log.exception("run %s crashed", self.run_id)
             state, reason = "FAILED", f"internal error: {error}"
             self.run_log.error(f"internal error: {error}")
+        if state == "CANCELED" and self.shutting_down.is_set():
+            state, reason = "INTERRUPTED", "the server stopped during the run"
         self.run_log.info(f"run ended {state}" + (f": {reason}" if reason else ""))
         self.writer.flush()  # every line is stored before the run is seen as finished
         with self.database.session_scope() as db:

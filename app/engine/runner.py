@@ -185,6 +185,7 @@ class Runner:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self.shutting_down = threading.Event()
         self._threads = [
             threading.Thread(target=self._claim_loop, name="runner-claim", daemon=True),
             threading.Thread(target=self._cancel_loop, name="runner-cancel", daemon=True),
@@ -201,11 +202,18 @@ class Runner:
         self.wake()
 
     def stop(self) -> None:
+        """Stop claiming, then end the runs in flight as INTERRUPTED (re-queued if the job
+        says so): a 4-hour copy must not hold a restart, and nothing is lost."""
         run_queued.disconnect(self._on_queued)
         self._stopping.set()
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=5)
+        self.shutting_down.set()
+        with self._lock:
+            in_flight = list(self.cancel_events.values())
+        for event in in_flight:
+            event.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.writer.stop()
         forget_heartbeat(self.database, self.node)
@@ -283,8 +291,12 @@ class Runner:
                 run_id,
                 cancel,
                 self.connectors,
+                self.shutting_down,
             )
-            return execution.execute()
+            state = execution.execute()
+            if state == "INTERRUPTED":
+                self._requeue_if_wanted(run_id)
+            return state
         finally:
             with self._lock:
                 self.cancel_events.pop(run_id, None)

@@ -274,7 +274,9 @@ class Exchange:
         hint = ""
         if status in (401, 403) and self.client.auth != "none":
             hint = " (check the connector's credentials)"
-        raise StepFailed(f"{said} (expected {wanted}){hint}: {self.excerpt(response)}")
+        failure = StepFailed(f"{said} (expected {wanted}){hint}: {self.excerpt(response)}")
+        failure.retryable = status not in (401, 403)  # refused credentials stay refused
+        raise failure
 
     def excerpt(self, response: requests.Response) -> str:
         try:
