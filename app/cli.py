@@ -38,9 +38,36 @@ def serve(host: str, port: int) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     click.echo(f"Nomaflow is serving on http://{shown}:{port}/ (Ctrl+C stops it)", err=False)
     try:
-        socketio.run(app, host=host, port=port, allow_unsafe_werkzeug=True, use_reloader=False)
+        socketio.run(
+            app,
+            host=host,
+            port=port,
+            allow_unsafe_werkzeug=True,
+            use_reloader=False,
+            request_handler=_request_handler(),
+        )
     finally:
         stop_server(app)
+
+
+def _request_handler():
+    """Werkzeug's request handler, with TCP_NODELAY and a clean end of websockets.
+
+    The live channel writes small websocket frames in bursts (a log event, a fragment, an ack);
+    with Nagle's algorithm on, each frame after the first waits for the browser's delayed ACK
+    (40 ms on Linux, up to 200 ms on Windows): see bench/engine.py. When a websocket ends,
+    engineio raises ConnectionError; without closing the connection there, Werkzeug reads the
+    client's last websocket frame as the next HTTP request and logs an ERROR "code 400".
+    """
+    from werkzeug.serving import WSGIRequestHandler
+
+    class RequestHandler(WSGIRequestHandler):
+        disable_nagle_algorithm = True  # honoured by socketserver.StreamRequestHandler.setup
+
+        def connection_dropped(self, error, environ=None) -> None:
+            self.close_connection = True
+
+    return RequestHandler
 
 
 def _quiet_werkzeug() -> None:

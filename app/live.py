@@ -135,6 +135,8 @@ class LivePusher:
     def _log_loop(self) -> None:
         while (event := self.log_events.get()) is not None:
             run_id, lines = event
+            if not self._watched(run_id):
+                continue  # nobody looks: a page that joins later reads them from the database
             try:
                 with self.app.test_request_context("/"):
                     html = render_log_lines(run_id, lines)
@@ -150,11 +152,21 @@ class LivePusher:
             for run_id in dict.fromkeys(batch):  # each run once, in order of first change
                 if run_id is None:
                     return
+                if not self._watched(run_id):
+                    self.states.pop(run_id, None)  # a page that joins later refetches it all
+                    continue
                 try:
                     with self.app.test_request_context("/"):
                         self._push_run(run_id)
                 except Exception:
                     log.exception("live push of run %s failed", run_id)
+
+    def _watched(self, run_id: int) -> bool:
+        """Is a browser of this process on the run's page? Always yes with a message queue:
+        the browsers of the other replicas are not known here."""
+        if self.app.config["NOMAFLOW"].redis_url:
+            return True
+        return bool(socketio.server.manager.rooms.get("/", {}).get(f"run:{run_id}"))
 
     def _push_run(self, run_id: int) -> None:
         with self.database.session_scope() as db:
