@@ -77,8 +77,17 @@ class DatabaseLock:
 
     def release(self) -> None:
         if self.connection is not None:
+            # unlock first: the server ends a closed session a moment after close() returns,
+            # and a standby asking in that moment would be told the lock is still held
+            unlock = (
+                ("SELECT pg_advisory_unlock(:key)", {"key": LOCK_KEY})
+                if self.dialect == "postgresql"
+                else ("SELECT RELEASE_LOCK(:name)", {"name": LOCK_NAME})
+            )
             with contextlib.suppress(sa.exc.DBAPIError):
-                self.connection.close()  # ending the session frees the lock
+                self.connection.execute(sa.text(unlock[0]), unlock[1])
+            with contextlib.suppress(sa.exc.DBAPIError):
+                self.connection.close()  # ending the session frees the lock in any case
             self.connection = None
 
     def dispose(self) -> None:

@@ -147,7 +147,7 @@ def test_step_config_problems_come_from_the_step_type_under_the_step_path():
     table = job_table(steps=[{"name": "s", "type": "python", "callable": "nope", "url": "/x"}])
     assert problems(table) == [
         "jobs[0] nightly › steps[0] s › url: unknown field for a python step "
-        "(known: callable, code)",
+        "(known: callable, code, connectors)",
         "jobs[0] nightly › steps[0] s › callable: expected package.module:function",
     ]
 

@@ -212,7 +212,7 @@ def test_an_output_of_almost_one_mebibyte_is_kept(instance):
     assert len(output) == 1024 * 1024 - 2
 
 
-def test_connectors_are_not_there_yet(instance):
+def test_ctx_sql_without_connectors_in_the_context_says_so(instance):
     with pytest.raises(StepFailed, match="ctx.sql needs connectors"):
         run_code("ctx.sql('ops')", make_ctx(instance))
     with pytest.raises(StepFailed, match="ctx.http needs connectors"):

@@ -1,8 +1,18 @@
-"""The ``python`` step: user code run in a child process with a small ``ctx`` API."""
+"""The ``python`` step: user code run in a child process with a small ``ctx`` API.
+
+Connectors: before the child starts, the step finds the connectors the code uses (string
+literals in ``ctx.sql("...")`` / ``ctx.http("...")``, plus the names the optional
+``connectors`` field lists), resolves them and sends their values in the job line, so they
+live only in the child's memory for this one step. An unknown name fails the step before any
+code runs. Their secrets are masked in everything the child logs (child and server side).
+"""
 
 from __future__ import annotations
 
+import ast
+import base64
 import contextlib
+import functools
 import json
 import os
 import re
@@ -11,6 +21,9 @@ import signal
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
+
+import sqlalchemy as sa
 
 from app.steps.base import (
     ConfigField,
@@ -27,9 +40,11 @@ from app.steps.python_worker import (
     MAX_LOG_LINES,
     LineSplitter,
     LogBudget,
+    Masker,
     cut_line,
     decode_line,
 )
+from app.steps.sql_support import CONNECTOR_NAME, is_template
 
 CALLABLE_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 POLL_SECONDS = 0.1  # how often is_cancelled() is asked
@@ -38,6 +53,8 @@ DRAIN_SECONDS = 1.0  # after the end, output still in the pipes is read for at m
 EXIT_CODE_WAIT_SECONDS = 1.0
 READ_BYTES = 1 << 16
 MAX_EVENT_BYTES = 8 * 1024 * 1024  # one event line; the largest is a 1 MiB output or a traceback
+CONNECTOR_METHODS = ("sql", "http")  # ctx.sql(name) takes a sql connector, ctx.http an http one
+DEFAULT_CONNECTOR = "default"  # the app's own database (app.connectors.DEFAULT_CONNECTOR)
 
 
 class PythonStep(StepType):
@@ -46,6 +63,15 @@ class PythonStep(StepType):
     fields = (
         ConfigField("code", "code", help="Python run with `ctx` in scope"),
         ConfigField("callable", "string", help="package.module:function from instance/plugins"),
+        ConfigField(
+            "connectors",
+            "list",
+            help=(
+                "connectors the code uses by a name that is not a string literal in "
+                'ctx.sql("...") / ctx.http("...") (a callable, a name from a parameter)'
+            ),
+            templated=True,
+        ),
     )
 
     def validate(self, config: dict[str, Any]) -> dict[str, str]:
@@ -60,7 +86,20 @@ class PythonStep(StepType):
                 problems["code"] = f"syntax error on line {error.lineno}: {error.msg}"
         if target and not CALLABLE_PATTERN.match(target):
             problems["callable"] = "expected package.module:function"
+        problem = connectors_problem(config.get("connectors"))
+        if problem:
+            problems["connectors"] = problem
         return problems
+
+    def connector_refs(self, config: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """The connectors the inline code names as literals (imports check and export them)."""
+        code = config.get("code")
+        if not isinstance(code, str) or not code:
+            return []
+        try:
+            return [("code", name, kind) for name, kind in connector_calls(code)]
+        except SyntaxError:
+            return []
 
     def run(self, config: dict[str, Any], ctx: StepContext) -> Any:
         """Run the code in a fresh child process; return what it set as output.
@@ -73,12 +112,13 @@ class PythonStep(StepType):
         if problems:
             raise StepFailed("; ".join(f"{name}: {problem}" for name, problem in problems.items()))
         started = time.monotonic()
-        job = encode_job(config, ctx)
+        connectors, secrets = resolve_connectors(config, ctx)
+        job = encode_job(config, ctx, connectors, secrets)
         try:
-            process = start_python_process()
+            process = start_python_process(modules_for(connectors))
         except PythonProcessError as error:
             raise StepFailed(str(error)) from None
-        watch = ProcessWatch(process, ctx)
+        watch = ProcessWatch(process, ctx, Masker(secrets))
         try:
             watch.follow(job)
         finally:
@@ -89,7 +129,135 @@ class PythonStep(StepType):
         return watch.outcome()
 
 
-def encode_job(config: dict[str, Any], ctx: StepContext) -> bytes:
+def connectors_problem(value: Any) -> str | None:
+    """Say what is wrong with the ``connectors`` field (templates are rendered before run)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        return 'expected a list of connector names, e.g. ["ops", "github"]'
+    for name in value:
+        if not is_template(name) and not CONNECTOR_NAME.match(name):
+            return f"{name!r} is not a connector name (letters, digits, dots, dashes, underscores)"
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def connector_calls(code: str) -> tuple[tuple[str, str], ...]:
+    """(name, kind) of each ``ctx.sql("name")`` / ``ctx.http("name")`` with a literal name.
+
+    Only calls on the name ``ctx`` count (``duckdb.sql("SELECT 1")`` names no connector);
+    ``connector="name"`` as a keyword counts too. Raises SyntaxError like compile().
+    """
+    calls = [
+        node
+        for node in ast.walk(ast.parse(code, "<step code>"))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in CONNECTOR_METHODS
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "ctx"
+    ]
+    found: dict[tuple[str, str], None] = {}  # an ordered set, in the order of the source
+    for node in sorted(calls, key=lambda call: (call.lineno, call.col_offset)):
+        given = node.args[0] if node.args else None
+        for keyword in node.keywords:
+            if keyword.arg == "connector":
+                given = keyword.value
+        if isinstance(given, ast.Constant) and isinstance(given.value, str):
+            found[given.value, node.func.attr] = None
+    return tuple(found)
+
+
+def resolve_connectors(
+    config: dict[str, Any], ctx: StepContext
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Resolve the connectors the step uses; return them by name and the secrets to mask.
+
+    Raises StepFailed naming a connector that does not exist or is of another kind.
+    """
+    wanted: dict[str, list[str]] = {}  # name -> kinds the code calls it with ([] = listed only)
+    if config.get("code"):
+        for name, kind in connector_calls(config["code"]):
+            wanted.setdefault(name, []).append(kind)
+    for name in config.get("connectors") or ():
+        wanted.setdefault(name, [])
+    resolved: dict[str, dict[str, Any]] = {}
+    secrets: list[str] = []
+    for name, kinds in wanted.items():
+        if len(kinds) > 1:
+            raise StepFailed(f"connector {name!r} is used with both ctx.sql and ctx.http")
+        kind, values = resolve_connector(name, kinds[0] if kinds else None, ctx)
+        resolved[name] = {"kind": kind, "values": values}
+        secrets += connector_secrets(kind, values)
+    return resolved, secrets
+
+
+def resolve_connector(name: str, kind: str | None, ctx: StepContext) -> tuple[str, dict]:
+    """Return the kind and values (secrets in clear) of one connector; ``kind`` None = either."""
+    where = f"ctx.{kind}({name!r})" if kind else "connectors"
+    database = ctx.database or getattr(ctx.connectors, "database", None)
+    if name == DEFAULT_CONNECTOR and database is not None:
+        if kind not in (None, "sql"):
+            raise StepFailed(f"{where}: connector 'default' is the app's sql database, not {kind}")
+        # the app's busy timeout (app.db): it shares the database with the engine's writes
+        return "sql", {"url": database.url, "connect_timeout": 30}
+    if ctx.connectors is None:
+        raise StepFailed(f"ctx.{kind or 'sql'} needs connectors, which this step was not given")
+    problems = []
+    for candidate in (kind,) if kind else ("sql", "http"):
+        try:
+            return candidate, dict(ctx.connectors.values(name, candidate).values)
+        except LookupError as error:  # ConnectorInUseError: unknown, or of another kind
+            problems.append(str(error))
+    if len(problems) > 1 and not problems[0].startswith("no connector"):
+        problems[0] = f"connector {name!r} is neither sql nor http"  # ldap, smtp
+    raise StepFailed(f"{where}: {problems[0]}")
+
+
+def connector_secrets(kind: str, values: dict[str, Any]) -> list[str]:
+    """The texts that give a connector's secrets away, as they may appear in a log line."""
+    found = [values.get(name) for name in ("password", "token", "client_secret")]
+    if kind == "sql" and isinstance(values.get("url"), str):
+        with contextlib.suppress(sa.exc.ArgumentError):  # not a URL: nothing hides in it
+            found.append(sa.make_url(values["url"]).password)
+    pairs = [("username", "password"), ("client_id", "client_secret")] if kind == "http" else []
+    texts = []
+    for secret in (s for s in found if isinstance(s, str) and s):
+        texts += [secret, quote(secret, safe=""), quote_plus(secret), sqlalchemy_quoted(secret)]
+    for user, secret in pairs:  # HTTP Basic: the header carries user:secret in base64
+        if values.get(secret):
+            pair = f"{values.get(user) or ''}:{values[secret]}"
+            texts.append(base64.b64encode(pair.encode()).decode())
+    return sorted(set(texts))
+
+
+def modules_for(connectors: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """The modules a step process needs for these connectors (the fork server preloads them)."""
+    modules: dict[str, None] = {}  # an ordered set
+    for connector in connectors.values():
+        if connector["kind"] == "http":
+            modules["app.connectors.http_client"] = None
+            continue
+        modules["app.connectors.sql"] = None
+        with contextlib.suppress(Exception):  # a bad URL or a missing driver: the child says so
+            dialect = sa.make_url(connector["values"]["url"]).get_dialect()
+            modules[dialect.__module__] = None
+            modules[dialect.import_dbapi().__name__] = None
+    return tuple(modules)
+
+
+def sqlalchemy_quoted(secret: str) -> str:
+    """The password as SQLAlchemy writes it in a URL (render_as_string)."""
+    url = sa.URL.create("x", username="u", password=secret, host="h")
+    return url.render_as_string(hide_password=False)[len("x://u:") : -len("@h")]
+
+
+def encode_job(
+    config: dict[str, Any],
+    ctx: StepContext,
+    connectors: dict[str, dict[str, Any]] | None = None,
+    secrets: list[str] | None = None,
+) -> bytes:
     """Return the job line the child reads: what to run and what its ctx holds."""
     job = {
         "code": config.get("code") or None,
@@ -103,6 +271,8 @@ def encode_job(config: dict[str, Any], ctx: StepContext) -> bytes:
         "run_id": ctx.run_id,
         "job_id": ctx.job_id,
         "triggered_by": ctx.triggered_by,
+        "connectors": connectors or {},
+        "mask": secrets or [],
     }
     try:
         # default=str: a date among the params reaches the code as its ISO text
@@ -114,8 +284,9 @@ def encode_job(config: dict[str, Any], ctx: StepContext) -> bytes:
 class ProcessWatch:
     """Feed the job to a step process, relay its log, and end it on done, timeout or abort."""
 
-    def __init__(self, process: StepProcess, ctx: StepContext):
+    def __init__(self, process: StepProcess, ctx: StepContext, masker: Masker | None = None):
         self.process, self.ctx = process, ctx
+        self.masker = masker or Masker()  # the child masks too; its raw pipes are ours to do
         self.budget = LogBudget()
         self.child_dropped = (0, 0)  # dropped inside the child, as it last reported
         self.done: dict[str, Any] | None = None
@@ -221,6 +392,7 @@ class ProcessWatch:
             self.done = event
 
     def log(self, level: str, message: str) -> None:
+        message = self.masker.mask(message)
         if self.budget.admit(len(message.encode("utf-8", "replace"))):
             getattr(self.ctx.log, level.lower())(message)
 
@@ -247,7 +419,7 @@ class ProcessWatch:
             )
             self.ctx.metrics["dropped_log_lines"] = dropped_lines
         for line in (self.done or {}).get("traceback", ()):
-            self.ctx.log.error(line)
+            self.ctx.log.error(self.masker.mask(str(line)))
         if self.stopped == "timeout":
             raise StepTimedOut(f"timed out after {self.ctx.timeout_seconds:g}s")
         if self.stopped == "cancel":
@@ -255,7 +427,8 @@ class ProcessWatch:
         if self.done is None:
             raise StepFailed(describe_exit(self.process.wait(EXIT_CODE_WAIT_SECONDS)))
         if self.done["done"] != "ok":
-            raise StepFailed(str(self.done.get("error") or "the Python code failed"))
+            error = self.masker.mask(str(self.done.get("error") or "the Python code failed"))
+            raise StepFailed(error)
         return self.done.get("output")
 
 

@@ -18,6 +18,14 @@ Step process channels (set up by the server, one set per step):
                {"dropped": [lines, bytes]}          output dropped so far by the log cap
                {"done": "ok", "output": ...}        last event; "output" only when set
                {"done": "failed", "error": "ZeroDivisionError: ...", "traceback": [...]}
+
+Connectors: the job line carries the connectors the server resolved for this step (values,
+secrets in clear, only in this process's memory) and the secret texts to mask. ``ctx.sql`` and
+``ctx.http`` import SQLAlchemy, requests and ``app.connectors`` on first use only, so a step
+that uses no connector starts as fast as before (a step that does comes from the connector
+fork server, which has them imported already: see preload() and python_pool). Every line
+this process sends to the log (and the error and traceback) has those secrets masked; the
+server masks what it relays once more.
 """
 
 from __future__ import annotations
@@ -48,8 +56,11 @@ MAX_TRACEBACK_LINES = 200
 CODE_FILENAME = "<step code>"
 LINE_CUT_MARK = " … (line cut at 8 KB)"
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MASK = "••••••"
+MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words (as the run log does)
 
 WORKER_FILE = os.path.abspath(__file__)
+APP_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(WORKER_FILE)))  # holds app/
 DROPPED_REPORT_SECONDS = 0.25
 
 
@@ -134,17 +145,55 @@ def cut_line(line: str) -> str:
     return data[:MAX_LINE_BYTES].decode("utf-8", "ignore") + LINE_CUT_MARK
 
 
+class Masker:
+    """Hide the secrets of a step's connectors in text bound for the run log.
+
+    ``extra`` holds more maskers (an HTTP client's, which knows the OAuth2 tokens it was
+    issued). A line cut at 8 KB may end inside a secret: a tail that starts one is masked too.
+    """
+
+    def __init__(self, secrets=()):
+        found = {s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET_CHARS}
+        self.secrets = sorted(found, key=len, reverse=True)  # longest first: no partial leftovers
+        self.extra: list = []
+
+    def __bool__(self) -> bool:
+        return bool(self.secrets or self.extra)
+
+    def mask(self, text: str) -> str:
+        if not self:
+            return text
+        cut = text.endswith(LINE_CUT_MARK)
+        if cut:
+            text = text[: -len(LINE_CUT_MARK)]
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        for mask in tuple(self.extra):
+            text = mask(text)
+        if cut:
+            text = self.mask_tail(text) + LINE_CUT_MARK
+        return text
+
+    def mask_tail(self, text: str) -> str:
+        for secret in self.secrets:
+            for size in range(min(len(secret) - 1, len(text)), 0, -1):
+                if text.endswith(secret[:size]):
+                    return text[:-size] + MASK
+        return text
+
+
 # --- the step process ------------------------------------------------------------------------
 
 
 class EventChannel:
     """Send JSON lines to the server; shared by every thread of the user's code."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, masker: Masker | None = None):
         self.fd = fd
         self.lock = threading.Lock()
         self.budget = LogBudget()
         self.reported_drop_at = 0.0
+        self.masker = masker or Masker()
 
     def send_raw(self, line: str) -> None:
         data = line.encode("utf-8", "replace") + b"\n"
@@ -157,7 +206,7 @@ class EventChannel:
         self.send_raw(json.dumps(event, ensure_ascii=False))
 
     def log(self, level: str, message: str) -> None:
-        message = cut_line(message)
+        message = cut_line(self.masker.mask(message))
         with self.lock:
             admitted = self.budget.admit(len(message.encode("utf-8", "replace")))
         if admitted:
@@ -248,7 +297,14 @@ class EarlierStep:
 class StepCodeContext:
     """The ``ctx`` that the step's code gets."""
 
-    def __init__(self, job: dict[str, Any], channel: EventChannel, control_fd: int, cancelled):
+    def __init__(
+        self,
+        job: dict[str, Any],
+        channel: EventChannel,
+        control_fd: int,
+        cancelled,
+        connectors: StepConnectors | None = None,
+    ):
         self.params: dict[str, Any] = job.get("params") or {}
         self.steps = {name: EarlierStep(**view) for name, view in (job.get("steps") or {}).items()}
         self.run_id = job.get("run_id")
@@ -258,6 +314,7 @@ class StepCodeContext:
         self._control_fd = control_fd
         self._cancelled = cancelled
         self._output: str | None = None  # encoded JSON
+        self._connectors = connectors or StepConnectors({}, channel.masker)
 
     def set_output(self, value: Any) -> None:
         """Make ``value`` the step's output (JSON, at most 1 MiB once encoded)."""
@@ -270,13 +327,189 @@ class StepCodeContext:
             self._cancelled = bool(readable)
         return self._cancelled
 
-    def sql(self, connector: str):
-        """Not available yet: connectors arrive in a later version."""
-        raise RuntimeError("ctx.sql needs connectors, which arrive in a later version")
+    def sql(self, connector: str) -> SqlTransaction:
+        """``with ctx.sql("ops") as db:`` a SQLAlchemy Connection in a transaction.
 
-    def http(self, connector: str):
-        """Not available yet: connectors arrive in a later version."""
-        raise RuntimeError("ctx.http needs connectors, which arrive in a later version")
+        The block commits when it ends and rolls back when it raises.
+        """
+        self._connectors.lookup(connector, "sql")
+        return SqlTransaction(self._connectors, connector)
+
+    def http(self, connector: str) -> HttpConnector:
+        """A requests-like session: relative URLs join the connector's base_url, with its auth."""
+        return self._connectors.http(connector)
+
+
+class StepConnectors:
+    """The connectors the server resolved for this step; engines and clients built on first use.
+
+    ``given`` maps name -> {"kind": "sql" | "http", "values": {...}} (secrets in clear).
+    """
+
+    def __init__(self, given: dict[str, Any], masker: Masker):
+        self.given, self.masker = given, masker
+        self.engines: dict[str, Any] = {}
+        self.clients: dict[str, HttpConnector] = {}
+        self.lock = threading.Lock()  # the code's threads may ask for the same connector
+
+    def lookup(self, name: Any, kind: str) -> dict[str, Any]:
+        call = f"ctx.{kind}"
+        if not isinstance(name, str):
+            raise TypeError(f"{call}() takes a connector name (text), not {type(name).__name__}")
+        found = self.given.get(name)
+        if found is None:
+            raise RuntimeError(
+                f"{call}({name!r}): connector {name!r} was not given to this step. The step "
+                f'finds the connectors its code uses in calls such as {call}("{name}"), with '
+                "the name written as a string literal; name it so, or list it in the step's "
+                f'`connectors` field (connectors = ["{name}"])'
+            )
+        if found["kind"] != kind:
+            actual = found["kind"]
+            raise RuntimeError(f"{call}({name!r}): connector {name!r} is {actual}, not {kind}")
+        return found["values"]
+
+    def engine(self, name: str):
+        with self.lock:
+            engine = self.engines.get(name)
+            if engine is None:
+                values = self.lookup(name, "sql")
+                build_engine = import_app_module("app.connectors.sql").build_engine
+                engine = self.engines[name] = build_engine(values, pooled=False)  # NullPool
+            return engine
+
+    def http(self, name: str) -> HttpConnector:
+        with self.lock:
+            client = self.clients.get(name)
+            if client is None:
+                values = self.lookup(name, "http")
+                http_client = import_app_module("app.connectors.http_client")
+                client = self.clients[name] = HttpConnector(name, http_client.HttpClient(values))
+                self.masker.extra.append(client._client.mask)  # tokens issued by OAuth2
+            return client
+
+    def close(self) -> None:
+        """Close what the step opened (its own code may have kept a connection: its end)."""
+        for engine in self.engines.values():
+            with contextlib.suppress(Exception):
+                engine.dispose()
+        for client in self.clients.values():
+            with contextlib.suppress(Exception):
+                client._client.close()
+
+
+def import_app_module(name: str) -> types.ModuleType:
+    """Import a module of the ``app`` package, which is not imported when this process starts.
+
+    An installed Nomaflow is on sys.path already; a source checkout is found next to this
+    file (added last, so it shadows none of the code's own modules).
+    """
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name != "app" or APP_ROOT in sys.path:
+            raise
+    sys.path.append(APP_ROOT)
+    return importlib.import_module(name)
+
+
+class SqlTransaction:
+    """What ``ctx.sql(name)`` returns: ``with`` it to get a Connection in a transaction."""
+
+    def __init__(self, connectors: StepConnectors, name: str):
+        self._connectors, self._name = connectors, name
+        self._begun = None
+
+    def __enter__(self):
+        # engine.begin(): commit at the end of the block, rollback on an exception, then close
+        self._begun = self._connectors.engine(self._name).begin()
+        return self._begun.__enter__()
+
+    def __exit__(self, *exc_info) -> bool | None:
+        begun, self._begun = self._begun, None
+        return begun.__exit__(*exc_info)
+
+    def __getattr__(self, attribute: str):
+        raise AttributeError(
+            f"ctx.sql({self._name!r}) has no {attribute!r}: use it in a with block, "
+            f"`with ctx.sql({self._name!r}) as db: db.execute(...)`; the block commits at its "
+            "end and rolls back on an exception"
+        )
+
+    def __repr__(self) -> str:
+        return f"<ctx.sql({self._name!r})>"
+
+
+class HttpConnector:
+    """What ``ctx.http(name)`` returns: the verbs of a requests.Session on the connector.
+
+    A relative URL joins the connector's base_url; its headers and auth (OAuth2 tokens
+    included) go to its own origin only; ``timeout`` defaults to the connector's. Responses
+    are requests.Response objects (``stream=True`` to read a large body bit by bit).
+    """
+
+    def __init__(self, name: str, client: Any):
+        self.name, self._client = name, client
+        self.base_url = client.base_url
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Any = None,
+        data: Any = None,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | tuple[float, float] | None = None,
+        stream: bool = False,
+    ):
+        if isinstance(timeout, int | float):
+            timeout = (timeout, timeout)
+        return self._client.request(
+            method.upper(),
+            url,
+            params=params,
+            data=data,
+            json=json,
+            headers=headers,
+            timeout=timeout,
+            stream=stream,
+        )
+
+    def get(self, url: str, **options):
+        return self.request("GET", url, **options)
+
+    def head(self, url: str, **options):
+        return self.request("HEAD", url, **options)
+
+    def options(self, url: str, **options):
+        return self.request("OPTIONS", url, **options)
+
+    def post(self, url: str, data: Any = None, json: Any = None, **options):
+        return self.request("POST", url, data=data, json=json, **options)
+
+    def put(self, url: str, data: Any = None, **options):
+        return self.request("PUT", url, data=data, **options)
+
+    def patch(self, url: str, data: Any = None, **options):
+        return self.request("PATCH", url, data=data, **options)
+
+    def delete(self, url: str, **options):
+        return self.request("DELETE", url, **options)
+
+    def close(self) -> None:
+        """Close pooled connections (the object stays usable)."""
+        self._client.session.close()
+
+    def __enter__(self) -> HttpConnector:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ctx.http({self.name!r}) {self.base_url}>"
 
 
 def encode_output(value: Any, what: str) -> str:
@@ -343,11 +576,12 @@ def strip_our_frames(summary: traceback.TracebackException, seen: set[int]) -> N
             strip_our_frames(linked, seen)
 
 
-def describe_failure(error: BaseException) -> dict[str, Any]:
+def describe_failure(error: BaseException, masker: Masker | None = None) -> dict[str, Any]:
     """Return the done event for an uncaught exception: the error line and the traceback."""
+    mask = (masker or Masker()).mask
     summary = traceback.TracebackException.from_exception(error)
     strip_our_frames(summary, set())
-    lines = [cut_line(line) for line in "".join(summary.format()).splitlines()]
+    lines = [cut_line(mask(line)) for line in "".join(summary.format()).splitlines()]
     if len(lines) > MAX_TRACEBACK_LINES:
         omitted = len(lines) - MAX_TRACEBACK_LINES
         lines = [*lines[:10], f"... {omitted} lines omitted ...", *lines[-190:]]
@@ -355,14 +589,16 @@ def describe_failure(error: BaseException) -> dict[str, Any]:
     # notes (add_note) come after the "Type: message" line, which is last otherwise
     notes = len(getattr(summary, "__notes__", None) or ())
     message = exception_only[len(exception_only) - 1 - notes].strip()
-    return {"done": "failed", "error": cut_line(message), "traceback": lines}
+    return {"done": "failed", "error": cut_line(mask(message)), "traceback": lines}
 
 
 def run_step(control_fd: int, events_fd: int) -> None:
     """Run the one step this process was forked for and report how it ended."""
-    channel = EventChannel(events_fd)
     job, cancelled = read_job(control_fd)
-    ctx = StepCodeContext(job, channel, control_fd, cancelled)
+    masker = Masker(job.pop("mask", None) or ())
+    channel = EventChannel(events_fd, masker)
+    connectors = StepConnectors(job.pop("connectors", None) or {}, masker)
+    ctx = StepCodeContext(job, channel, control_fd, cancelled, connectors)
     sinks = [LineSink(channel, "INFO", 1), LineSink(channel, "WARNING", 2)]
     streams = [
         io.TextIOWrapper(sink, "utf-8", "backslashreplace", line_buffering=True, write_through=True)
@@ -378,10 +614,12 @@ def run_step(control_fd: int, events_fd: int) -> None:
         done = None
     except SystemExit as error:
         code = error.code
-        done = None if code in (None, 0) else {"done": "failed", "error": f"SystemExit: {code}"}
+        failed = {"done": "failed", "error": cut_line(masker.mask(f"SystemExit: {code}"))}
+        done = None if code in (None, 0) else failed
     except BaseException as error:
-        done = describe_failure(error)
+        done = describe_failure(error, masker)
     wind_down(main)
+    connectors.close()
     for stream, sink in zip(streams, sinks, strict=True):
         with contextlib.suppress(OSError, ValueError):  # the code closed it
             stream.flush()
@@ -452,7 +690,25 @@ def reap(children: set[int], server: socket.socket) -> None:
         if pid in children:
             children.discard(pid)
             code = os.waitstatus_to_exitcode(status)
-            server.send(json.dumps({"exit": pid, "code": code}).encode())
+            with contextlib.suppress(OSError):  # the server hung up: serve() sees it and ends
+                server.send(json.dumps({"exit": pid, "code": code}).encode())
+
+
+def preload(modules: list[str]) -> None:
+    """Import, once, modules a step asked for (connector support), so later forks have them.
+
+    The fork server starts with the standard library only; the first step that uses
+    ctx.sql or ctx.http makes it import SQLAlchemy, the driver, requests and app.connectors
+    (~0.3 s), which every later step process then gets for free with the fork.
+    """
+    fresh = [name for name in modules if isinstance(name, str) and name not in sys.modules]
+    if not fresh:
+        return
+    for name in fresh:
+        with contextlib.suppress(Exception):  # the step process imports it again, and says why
+            import_app_module(name)
+    gc.collect()
+    gc.freeze()
 
 
 def serve(server_fd: int) -> None:
@@ -479,6 +735,7 @@ def serve(server_fd: int) -> None:
             if not message:
                 return
             request = json.loads(message)
+            preload(request.get("preload") or ())
             pid = os.fork()
             if pid == 0:
                 try:
