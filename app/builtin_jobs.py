@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from string import Template
 
 import sqlalchemy as sa
 
@@ -36,8 +37,16 @@ MAINTENANCE_JOB = {
 }
 
 
-def ensure_builtin_jobs(database: Database, demo: bool = False) -> None:
-    """Create the maintenance job once (a deleted one stays deleted); add demos to a new install."""
+def ensure_builtin_jobs(
+    database: Database,
+    demo: bool = False,
+    instance_path: Path | None = None,
+    served_at: str = "http://127.0.0.1:5000",
+) -> None:
+    """Create the maintenance job once (a deleted one stays deleted); add demos to a new install.
+
+    The demo jobs keep their SQLite files in ``<instance>/demo/`` and probe ``served_at``.
+    """
     with database.session_scope() as db:
         if db.get(Job, MAINTENANCE_JOB["id"]) is None:
             spec, errors = validate_job(MAINTENANCE_JOB)
@@ -45,11 +54,20 @@ def ensure_builtin_jobs(database: Database, demo: bool = False) -> None:
             apply_job(db, spec, None)
             log.info("created the built-in job %s", MAINTENANCE_JOB["id"])
         if demo and _only_builtin_jobs(db):
-            result = import_jobs(db, DEMO_FILE.read_text())
+            result = import_jobs(db, demo_jobs_text(instance_path or Path("instance"), served_at))
             if result.errors:
                 raise RuntimeError(f"demo jobs do not import: {result.errors}")
             log.info("created the demo jobs: %s", ", ".join(result.outcomes))
     jobs_changed.send(None)
+
+
+def demo_jobs_text(instance_path: Path, served_at: str) -> str:
+    """The demo job file with this installation's folder and address filled in."""
+    demo_folder = Path(instance_path).resolve() / "demo"
+    demo_folder.mkdir(parents=True, exist_ok=True)
+    return Template(DEMO_FILE.read_text()).substitute(
+        DEMO_FOLDER=demo_folder.as_posix(), SERVED_AT=served_at.rstrip("/")
+    )
 
 
 def _only_builtin_jobs(db) -> bool:

@@ -31,11 +31,11 @@ def serve(host: str, port: int) -> None:
 
     app = app_or_exit()
     try:
-        prepare_server(app)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        prepare_server(app, served_at=f"http://{shown}:{port}")
     except StartupError as error:
         fail(str(error), error.exit_code)
     _quiet_werkzeug()
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     click.echo(f"Nomaflow is serving on http://{shown}:{port}/ (Ctrl+C stops it)", err=False)
     try:
         socketio.run(

@@ -73,11 +73,20 @@ def create_first_admin(app: Flask, out=sys.stdout) -> None:
         )
 
 
-def prepare_server(app: Flask, out=sys.stdout) -> None:
-    """Check the database, create the first admin, start the runner, live pushes and clock."""
+def prepare_server(app: Flask, out=sys.stdout, served_at: str = "http://127.0.0.1:5000") -> None:
+    """Check the database, create the first admin, start the runner, live pushes and clock.
+
+    ``served_at`` is where this process answers (the demo smoke test probes its /healthz).
+    """
+    settings = app.config["NOMAFLOW"]
     check_database(app)
     create_first_admin(app, out)
-    ensure_builtin_jobs(get_database(app), demo=app.config["NOMAFLOW"].demo_jobs)
+    ensure_builtin_jobs(
+        get_database(app),
+        demo=settings.demo_jobs,
+        instance_path=settings.instance_path,
+        served_at=served_at,
+    )
     start_runner(app)
     start_live_push(app)
     start_clock(app)

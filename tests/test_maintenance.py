@@ -1,9 +1,11 @@
 """Built-in jobs: the retention job prunes old runs and reports it; demo jobs run offline."""
 
+import threading
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from werkzeug.serving import make_server
 
 from app.builtin_jobs import MAINTENANCE_JOB, ensure_builtin_jobs
 from app.crypto import vault
@@ -36,25 +38,41 @@ def test_the_maintenance_job_is_created_once_and_a_deleted_one_stays_deleted(app
 
 
 def test_demo_jobs_come_only_with_a_new_installation_and_all_succeed(app, runner):
-    make_job(app, "mine")
-    ensure_builtin_jobs(get_database(app), demo=True)
-    assert job_ids(app) == ["mine", "nomaflow-maintenance"]  # not added next to real jobs
+    instance = app.config["NOMAFLOW"].instance_path
+    server = make_server("127.0.0.1", 0, app, threaded=True)  # demo-healthz probes it
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    served_at = f"http://127.0.0.1:{server.server_port}"
+    try:
+        make_job(app, "mine")
+        ensure_builtin_jobs(get_database(app), True, instance, served_at)
+        assert job_ids(app) == ["mine", "nomaflow-maintenance"]  # not added next to real jobs
 
-    with get_database(app).session_scope() as db:
-        db.execute(sa.delete(Job).where(Job.id == "mine"))
-    ensure_builtin_jobs(get_database(app), demo=True)
-    demos = [j for j in job_ids(app) if j.startswith("demo-")]
-    assert demos == ["demo-flaky", "demo-heartbeat", "demo-hello"]
-    for job_id, params in (
-        ("demo-hello", {"who": "newcomer", "count": "2"}),
-        ("demo-heartbeat", {}),
-        ("demo-flaky", {}),
-    ):
-        run = dispatch(get_database(app), vault(app), job_id, "manual", params)
-        document = wait_for_run(app, run.id, timeout=30)
-        assert document["state"] == "SUCCEEDED", (job_id, document)
-    messages = [m for _, _, m in log_messages(app, run.id)]
-    assert any("retrying in 2.0s" in m for m in messages)  # demo-flaky shows retry at work
+        with get_database(app).session_scope() as db:
+            db.execute(sa.delete(Job).where(Job.id == "mine"))
+        ensure_builtin_jobs(get_database(app), True, instance, served_at)
+        demos = [j for j in job_ids(app) if j.startswith("demo-")]
+        assert demos == ["demo-copy", "demo-flaky", "demo-healthz", "demo-heartbeat", "demo-hello"]
+        documents = {}
+        for job_id, params in (
+            ("demo-hello", {"who": "newcomer", "count": "2"}),
+            ("demo-heartbeat", {}),
+            ("demo-flaky", {}),
+            ("demo-copy", {}),
+            ("demo-healthz", {}),
+        ):
+            run = dispatch(get_database(app), vault(app), job_id, "manual", params)
+            documents[job_id] = wait_for_run(app, run.id, timeout=30)
+            assert documents[job_id]["state"] == "SUCCEEDED", (job_id, documents[job_id])
+    finally:
+        server.shutdown()
+    flaky = [m for _, _, m in log_messages(app, documents["demo-flaky"]["id"])]
+    assert any("retrying in 2.0s" in m for m in flaky)  # demo-flaky shows retry at work
+    copy = {s["name"]: s["output"] for s in documents["demo-copy"]["steps"]}
+    assert copy["copy-customers"]["target_rows"] == 4
+    assert copy["count"]["records"] == [{"n": 4}]
+    assert (instance / "demo" / "reporting.db").exists()
+    probe = documents["demo-healthz"]["steps"][0]["output"]
+    assert probe["status"] == 200 and probe["json"]["database"] == "ok"
 
 
 def add_run(db, job_id, state, days_old, lines=3):
