@@ -68,7 +68,10 @@ def on_join(request):
         return {"ok": False, "error": "unknown room"}
     if not current_user.is_authenticated or not current_user.can(JOB_VIEW):
         return {"ok": False, "error": "forbidden"}
-    join_room(room)
+    try:
+        join_room(room)
+    except ValueError:  # the page went away before its join was handled
+        return {"ok": False, "error": "disconnected"}
     if room.startswith("run:") and isinstance(after, int):
         run_id = int(room.split(":", 1)[1])
         with get_database().session_scope() as db:
