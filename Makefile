@@ -43,9 +43,12 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## bench: start-up time and idle memory (figures printed and saved under bench/results/)
+## bench: the benchmarks of bench/ (figures printed and saved under bench/results/)
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/python_step.py
+	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/sql_copy.py
 
 ## vendor: refresh static/vendor from the npm registry (versions pinned in static/vendor/VERSIONS)
 vendor:
