@@ -19,9 +19,8 @@ from app.db import Base, UTCDateTime, utcnow
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only
 JSON = sa.JSON
 
-RUN_STATES = (
-    "QUEUED",
-    "RUNNING",
+ACTIVE_STATES = ("QUEUED", "RUNNING")
+FINISHED_STATES = (
     "SUCCEEDED",
     "PARTIAL",
     "FAILED",
@@ -31,6 +30,7 @@ RUN_STATES = (
     "MISSED",
     "INTERRUPTED",
 )
+RUN_STATES = ACTIVE_STATES + FINISHED_STATES
 RUN_TRIGGERS = ("cron", "interval", "manual", "api", "retry", "replay", "chain", "catch-up")
 
 

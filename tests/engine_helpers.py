@@ -9,18 +9,9 @@ import sqlalchemy as sa
 from app.db import get_database
 from app.engine.history import load_run_view, run_document
 from app.jobspec import apply_job, validate_job
-from app.models import LogLine
+from app.models import FINISHED_STATES, LogLine
 
-FINAL = {
-    "SUCCEEDED",
-    "PARTIAL",
-    "FAILED",
-    "CANCELED",
-    "TIMED_OUT",
-    "SKIPPED",
-    "MISSED",
-    "INTERRUPTED",
-}
+FINAL = set(FINISHED_STATES)
 
 
 def python_step(name: str, code: str, **fields) -> dict:

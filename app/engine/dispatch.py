@@ -14,19 +14,8 @@ from app.db import Database, utcnow
 from app.engine.params import ParamError, mask_params, resolve_params
 from app.engine.signals import run_changed, run_queued
 from app.engine.templating import date_helpers, json_safe, render_value
-from app.models import Job, Run, StepRun, User
+from app.models import ACTIVE_STATES, Job, Run, StepRun, User
 
-ACTIVE_STATES = ("QUEUED", "RUNNING")
-FINISHED_STATES = (
-    "SUCCEEDED",
-    "PARTIAL",
-    "FAILED",
-    "CANCELED",
-    "TIMED_OUT",
-    "SKIPPED",
-    "MISSED",
-    "INTERRUPTED",
-)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
