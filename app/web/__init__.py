@@ -13,9 +13,32 @@ from app.schedules import describe_schedule
 
 
 def register_blueprints(app: Flask) -> None:
-    from app.web import admin, auth, connectors, health, jobs, runs, variables
+    from app.web import (
+        admin,
+        auth,
+        connectors,
+        dashboard,
+        editor,
+        health,
+        jobs,
+        runs,
+        schedule,
+        variables,
+    )
 
-    for module in (auth, health, jobs, runs, connectors, variables, admin):
+    blueprints = (
+        auth,
+        health,
+        dashboard,
+        jobs,
+        editor,
+        runs,
+        schedule,
+        connectors,
+        variables,
+        admin,
+    )
+    for module in blueprints:
         app.register_blueprint(module.bp)
     app.register_error_handler(HTTPException, _http_error)
     app.context_processor(_layout_context)

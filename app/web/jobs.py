@@ -13,7 +13,6 @@ from app.permissions import JOB_RUN, JOB_VIEW
 bp = Blueprint("jobs", __name__)
 
 
-@bp.get("/")
 @bp.get("/jobs")
 @requires(JOB_VIEW)
 def index():
