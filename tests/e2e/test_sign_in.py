@@ -53,7 +53,8 @@ def test_admin_changes_a_role_in_place_with_htmx(page: Page, live_server):
     problems = watch_console(page)
     sign_in(page, live_server, "ada")
     page.get_by_role("link", name="Admin").click()
-    page.get_by_label("Role of vera").select_option("operator")
+    with page.expect_response(lambda r: "/admin/users/" in r.url and r.request.method == "POST"):
+        page.get_by_label("Role of vera").select_option("operator")  # htmx saves on change
     expect(page.get_by_label("Role of vera")).to_have_value("operator")
     page.get_by_role("link", name="Audit log").click()
     expect(page.locator("#audit-table")).to_contain_text("user.update")
