@@ -22,7 +22,8 @@ def watch_console(page: Page) -> list[str]:
 def test_sign_in_shows_jobs_and_the_live_indicator_turns_live(page: Page, live_server):
     problems = watch_console(page)
     sign_in(page, live_server, "ada")
-    expect(page).to_have_url(live_server + "/jobs")  # home is the catalogue for now
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()  # signed in, at home
+    page.get_by_role("link", name="Jobs", exact=True).click()
     expect(page.get_by_role("heading", name="Jobs", exact=True)).to_be_visible()
     expect(page.locator("#jobs-empty")).to_contain_text("nomaflow jobs import")
     indicator = page.locator("#live-indicator")
