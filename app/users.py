@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -18,8 +19,15 @@ from app.permissions import USER_ADMIN
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 8
-# compared against when the username is unknown, so both paths cost one hash check
-_DUMMY_HASH = generate_password_hash("not-a-real-password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to check when the username is unknown, so both paths cost one hash check.
+
+    Made on first use, not at import: scrypt takes ~0.15 s, which start-up need not pay.
+    """
+    return generate_password_hash("not-a-real-password")
 
 
 class UserError(ValueError):
@@ -165,7 +173,7 @@ def authenticate(
             None,
             f"Too many failed sign-ins for this account. Try again in {lockout_minutes} minutes.",
         )
-    valid = check_password_hash(user.password_hash if user else _DUMMY_HASH, password or "")
+    valid = check_password_hash(user.password_hash if user else _dummy_hash(), password or "")
     if not (user and valid and user.active):
         reason = "unknown user" if not user else ("inactive" if valid else "wrong password")
         record_event(
