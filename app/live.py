@@ -196,9 +196,15 @@ def start_live_push(app: Flask) -> None:
         pusher = LivePusher(app)
         app.extensions[PUSH_EXTENSION] = pusher
         pusher.start()
+    from app.live_history import start_history_push  # imports this module: import here
+
+    start_history_push(app)
 
 
 def stop_live_push(app: Flask) -> None:
     pusher = app.extensions.pop(PUSH_EXTENSION, None)
     if pusher is not None:
         pusher.stop()
+    from app.live_history import stop_history_push
+
+    stop_history_push(app)

@@ -1,13 +1,53 @@
-from flask import Blueprint, redirect, url_for
+"""The home page: what runs now, what failed, what fires next, how the clock is doing."""
 
+from datetime import timedelta
+
+from flask import Blueprint, current_app, render_template
+
+from app import db
 from app.auth import requires
+from app.dashboard_data import (
+    failures_since,
+    last_scheduled_fire,
+    queue_depth,
+    running_now,
+    runs_per_hour,
+    success_rates,
+)
+from app.db import utcnow
+from app.fires import next_fires
 from app.permissions import JOB_VIEW
+from app.scheduler import scheduler_role
 
 bp = Blueprint("dashboard", __name__)
+UPCOMING = 10
+CHART_HEIGHT = 60
 
 
 @bp.get("/")
 @requires(JOB_VIEW)
 def index():
-    """Open the home page (the job catalogue until the dashboard is built)."""
-    return redirect(url_for("jobs.index"))
+    """Show the dashboard."""
+    session, now = db.session(), utcnow()
+    hours = runs_per_hour(session, now)
+    return render_template(
+        "dashboard/index.html",
+        now=now,
+        running=running_now(session),
+        failures=failures_since(session, now - timedelta(hours=24)),
+        upcoming=next_fires(session, now, UPCOMING),
+        rates=success_rates(session, now - timedelta(days=7)),
+        hours=hours,
+        peak=max([count for _, count in hours] + [1]),
+        chart_height=CHART_HEIGHT,
+        role=scheduler_role(current_app),
+        queued=queue_depth(session),
+        last_fire=last_scheduled_fire(session),
+    )
+
+
+@bp.get("/dashboard/running")
+@requires(JOB_VIEW)
+def running():
+    """Return the running-now region (the page polls it)."""
+    return render_template("dashboard/_running.html", running=running_now(db.session()))

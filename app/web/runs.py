@@ -3,6 +3,7 @@ from flask import (
     Response,
     abort,
     flash,
+    make_response,
     redirect,
     render_template,
     request,
@@ -14,23 +15,44 @@ from app import db
 from app.auth import client_ip, requires
 from app.db import get_database
 from app.engine.dispatch import DispatchError
-from app.engine.history import last_log_lines, list_runs, load_run_view, log_lines
+from app.engine.history import last_log_lines, load_run_view, log_lines
 from app.engine.logs import format_line
 from app.engine.service import abort_run, replay_run
+from app.models import RUN_STATES, RUN_TRIGGERS
 from app.permissions import JOB_RUN, JOB_VIEW
+from app.run_history import RunFilter, find_runs, usernames
 
 bp = Blueprint("runs", __name__)
-PAGE_SIZE = 50
 PAGE_LOG_LINES = 5000  # more than this: the page shows the newest, the download has them all
 
 
 @bp.get("/runs")
 @requires(JOB_VIEW)
 def index():
-    """List the newest runs first."""
+    """List runs newest first, filtered, one keyset page at a time (htmx: the results only)."""
+    run_filter, errors = RunFilter.from_args(request.args)
     before = request.args.get("before", type=int)
-    runs = list_runs(db.session(), job=request.args.get("job"), limit=PAGE_SIZE, before_id=before)
-    return render_template("runs/index.html", runs=runs, page_size=PAGE_SIZE)
+    page = find_runs(db.session(), run_filter, before=before)
+    context = {
+        "page": page,
+        "run_filter": run_filter,
+        "errors": errors,
+        "before": before,
+        # only this view shows new runs arriving live (app/live_history.py inserts them here)
+        "live": run_filter.is_empty() and not before,
+        "states": RUN_STATES,
+        "triggers": RUN_TRIGGERS,
+    }
+    partial = request.headers.get("HX-Request") and not request.headers.get(
+        "HX-History-Restore-Request"
+    )
+    if partial:
+        response = make_response(render_template("runs/_history_rows.html", **context))
+    else:
+        context["usernames"] = usernames(db.session())
+        response = make_response(render_template("runs/index.html", **context))
+    response.vary.add("HX-Request")
+    return response
 
 
 @bp.get("/runs/<int:run_id>")

@@ -1,0 +1,60 @@
+"""The dashboard shows what the runs table says, for a crafted set of runs."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from app.db import utcnow
+from tests.engine_helpers import make_job
+from tests.test_history import add_runs
+
+
+def test_dashboard_numbers_match_the_database(app, as_user):
+    make_job(app, "alpha", schedule="0 * * * *")
+    make_job(app, "beta")
+    now = utcnow()
+    started = now - timedelta(minutes=3)
+    running, *_ = add_runs(
+        app,
+        [
+            {"state": "RUNNING", "trigger": "manual", "queued_at": now, "started_at": started},
+            {"state": "QUEUED", "queued_at": now},
+            {"state": "QUEUED", "job": "beta", "trigger": "manual", "queued_at": now},
+            {"state": "FAILED", "queued_at": now - timedelta(hours=2)},
+            {"state": "TIMED_OUT", "job": "beta", "queued_at": now - timedelta(hours=5)},
+            {"state": "FAILED", "queued_at": now - timedelta(hours=30)},  # not in the last 24 h
+            {"state": "SUCCEEDED", "queued_at": now - timedelta(hours=1)},
+            {"state": "SUCCEEDED", "queued_at": now - timedelta(days=3)},
+            {"state": "SUCCEEDED", "job": "beta", "queued_at": now - timedelta(days=8)},  # too old
+        ],
+    )
+    html = as_user("vera").get("/").get_data(as_text=True)
+    section = lambda name: html.split(f'id="dashboard-{name}"')[1].split("</section>")[0]  # noqa: E731
+    assert f'href="/runs/{running}"' in section("running")
+    assert re.search(r'Running now <span class="count">1</span>', html)
+    assert re.search(r'Failures in the last 24 h <span class="count">2</span>', html)
+    assert section("failures").count("<tr>") == 1 + 2  # header + two failures
+    assert '<dd id="dashboard-queued">2</dd>' in html
+    # alpha: 2 succeeded of 4 finished (the 30-hour-old failure counts: 7 days); beta: 0 of 1
+    assert "50%" in section("rate-alpha") and ">4<" in section("rate-alpha")
+    assert "0%" in section("rate-beta") and ">1<" in section("rate-beta")
+    counts = [int(c) for c in re.findall(r'data-count="(\d+)"', html)]
+    assert len(counts) == 24 and sum(counts) == 6 and counts[-1] == 3
+    assert section("upcoming").count("<code>alpha</code>") == 10  # hourly: the next ten
+    assert "disabled" in section("heartbeat")  # tests never start the clock
+    assert "none yet" not in section("heartbeat")  # the cron runs above are fires
+
+
+def test_home_is_the_dashboard_and_nav_marks_it(as_user):
+    html = as_user("vera").get("/").get_data(as_text=True)
+    assert '<a href="/" aria-current="page">Dashboard</a>' in html
+    assert html.index(">Dashboard<") < html.index(">Jobs<") < html.index(">Runs<")
+    assert html.index(">Runs<") < html.index(">Schedule<")
+
+
+def test_running_region_is_its_own_partial(app, as_user):
+    make_job(app, "alpha")
+    add_runs(app, [{"state": "RUNNING", "queued_at": utcnow()}])
+    html = as_user("vera").get("/dashboard/running").get_data(as_text=True)
+    assert html.lstrip().startswith('<section id="dashboard-running"')

@@ -1,0 +1,99 @@
+"""The schedule view lists the week's fires in the viewer's zone and flags crowded hours."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from app.db import get_database
+from app.fires import collisions, upcoming_fires
+from tests.engine_helpers import make_job
+
+
+@pytest.fixture
+def week(app):
+    make_job(app, "nightly", schedule="30 2 * * *", timezone="Europe/Paris")
+    make_job(app, "report", schedule="0 3 * * *", timezone="UTC")  # 04:00/05:00 in Paris
+    make_job(app, "backup", schedule="45 1 * * *", timezone="UTC")  # same Paris hour as nightly
+    make_job(app, "off", schedule="0 * * * *", enabled=False)
+    make_job(app, "manual")
+
+
+def test_upcoming_fires_of_enabled_jobs_only(app, week):
+    now = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
+    with get_database(app).session_scope() as db:
+        plan = upcoming_fires(db, now, days=7)
+    assert {f.job_id for f in plan.fires} == {"nightly", "report", "backup"}
+    assert len(plan.fires) == 21
+    paris = ZoneInfo("Europe/Paris")
+    nightly = [f.at.astimezone(paris) for f in plan.fires if f.job_id == "nightly"]
+    assert all((t.hour, t.minute) == (2, 30) for t in nightly)
+    # in June: backup 01:45 UTC = 03:45 Paris, nightly 02:30 Paris, report 05:00 Paris
+    assert collisions(plan.fires, paris) == {}
+
+
+def test_collisions_flag_hours_with_several_jobs(app):
+    make_job(app, "a", schedule="5 9 * * *")
+    make_job(app, "b", schedule="50 9 * * *")
+    make_job(app, "c", schedule="5 10 * * *")
+    now = datetime(2025, 6, 2, 0, 0, tzinfo=UTC)
+    with get_database(app).session_scope() as db:
+        plan = upcoming_fires(db, now, days=1)
+    assert collisions(plan.fires, UTC) == {datetime(2025, 6, 2, 9, tzinfo=UTC): ["a", "b"]}
+    # in Kolkata (+05:30) 09:05 and 09:50 UTC fall in 14:00 and 15:00; 09:50 and 10:05 collide
+    kolkata = ZoneInfo("Asia/Kolkata")
+    assert collisions(plan.fires, kolkata) == {datetime(2025, 6, 2, 15, tzinfo=kolkata): ["b", "c"]}
+
+
+def test_schedule_page_shows_fires_in_the_given_zone_and_flags_a_collision(app, as_user):
+    make_job(app, "a", schedule="5 9 * * *")
+    make_job(app, "b", schedule="50 9 * * *")
+    vera = as_user("vera")
+    html = vera.get("/schedule?tz=Asia/Tokyo").get_data(as_text=True)
+    times = re.findall(r"<time datetime=\"[^\"]+\">(\d\d:\d\d)</time>", html)
+    assert set(times) == {"18:05", "18:50"}  # UTC+9, no DST
+    assert len(times) == 14
+    assert html.count("⚠ several jobs this hour") == 14
+    assert 'title="a, b"' in html
+    assert '<option value="Europe/Paris">' in html
+    assert '<a href="/schedule" aria-current="page">Schedule</a>' in html
+    utc = vera.get("/schedule").get_data(as_text=True)
+    assert set(re.findall(r"<time datetime=\"[^\"]+\">(\d\d:\d\d)</time>", utc)) == {
+        "09:05",
+        "09:50",
+    }
+    bad = vera.get("/schedule?tz=Mars/Olympus").get_data(as_text=True)
+    assert "unknown timezone" in bad
+
+
+def test_past_fires_link_to_their_runs(app, as_user):
+    from tests.test_history import add_runs
+
+    make_job(app, "a", schedule="5 9 * * *")
+    now = datetime.now(UTC)
+    (run_id,) = add_runs(
+        app,
+        [
+            {
+                "job": "a",
+                "queued_at": now - timedelta(hours=2),
+                "scheduled_for": now - timedelta(hours=2),
+            }
+        ],
+    )
+    html = as_user("vera").get("/schedule").get_data(as_text=True)
+    past = html.split('id="schedule-past"')[1]
+    assert f'href="/runs/{run_id}"' in past
+
+
+def test_next_fires_merges_jobs_like_the_full_plan(app, week):
+    from app.fires import next_fires
+
+    now = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
+    with get_database(app).session_scope() as db:
+        merged = next_fires(db, now, 5)
+        plan = upcoming_fires(db, now, days=2)
+    assert merged == plan.fires[:5]
