@@ -53,7 +53,20 @@
   });
   socket.on("disconnect", () => show("disconnected"));
   socket.on("connect_error", () => show("disconnected"));
-  socket.on("fragment", (html) => htmx.swap(document.body, html, { swapStyle: "none" }));
+  // A room may carry regions this page does not show (a history row on a filtered page):
+  // drop those instead of letting htmx report a missing target.
+  function withTargetsOnPage(html) {
+    const incoming = document.createElement("template");
+    incoming.innerHTML = html;
+    for (const el of Array.from(incoming.content.querySelectorAll("[hx-swap-oob]"))) {
+      const how = el.getAttribute("hx-swap-oob");
+      const selector = how.includes(":") ? how.slice(how.indexOf(":") + 1)
+        : (el.id ? "#" + CSS.escape(el.id) : null);
+      if (selector && !document.querySelector(selector)) el.remove();
+    }
+    return incoming.innerHTML;
+  }
+  socket.on("fragment", (html) => htmx.swap(document.body, withTargetsOnPage(html), { swapStyle: "none" }));
   socket.on("log", (message) => insertLines(message.run, message.html));
   document.addEventListener("DOMContentLoaded", () => {
     document.querySelectorAll(".log-lines").forEach((box) => { box.scrollTop = box.scrollHeight; });

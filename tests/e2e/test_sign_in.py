@@ -6,7 +6,7 @@ from tests.conftest import PASSWORD
 
 
 def sign_in(page: Page, base: str, username: str, password: str = PASSWORD) -> None:
-    page.goto(base + "/")
+    page.goto(base + "/jobs")
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
