@@ -216,3 +216,16 @@ def test_run_now_still_queues_with_defaults(app, as_user):
     otto = as_user("otto")
     response = otto.post("/jobs/plain/run-now", data={"csrf_token": csrf_token(otto, "/jobs")})
     assert response.status_code == 302 and response.headers["Location"].startswith("/runs/")
+
+
+def test_a_long_catalogue_comes_in_pages_of_fifty(app, as_user):
+    for number in range(55):
+        make_job(app, f"job-{number:02d}")
+    client = as_user("vera")
+    first = client.get("/jobs").get_data(as_text=True)
+    assert row_ids(first) == [f"job-{n:02d}" for n in range(50)]
+    more = re.search(r'href="([^"]+)" id="jobs-more"', first).group(1).replace("&amp;", "&")
+    assert more == "/jobs?after=job-49"
+    second = client.get(more).get_data(as_text=True)
+    assert row_ids(second) == [f"job-{n:02d}" for n in range(50, 55)]
+    assert 'id="jobs-more"' not in second

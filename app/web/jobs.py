@@ -43,6 +43,7 @@ from app.permissions import JOB_EDIT, JOB_RUN, JOB_VIEW
 from app.presets import PresetError, delete_preset, get_preset, save_preset
 
 bp = Blueprint("jobs", __name__)
+PAGE_SIZE = 50
 
 
 @bp.get("/jobs")
@@ -50,10 +51,16 @@ bp = Blueprint("jobs", __name__)
 def index():
     """List the job catalogue, filtered by search text and tag (htmx gets the region only)."""
     query, tag = request.args.get("q", "").strip(), request.args.get("tag", "").strip()
+    after = request.args.get("after", "")
     jobs = visible_jobs(db.session(), current_user)
-    shown = [job for job in jobs if matches(job, query, tag)]
+    matching = [job for job in jobs if matches(job, query, tag) and job.id > after]
+    shown = matching[:PAGE_SIZE]  # pages by id: a thousand jobs stay a light page
+    more_url = None
+    if len(matching) > PAGE_SIZE:
+        more_url = _filter_url(query, tag, after=shown[-1].id)
     context = {
         "rows": catalogue_rows(db.session(), shown, utcnow()),
+        "more_url": more_url,
         "tags": all_tags(jobs),
         "q": query,
         "tag": tag,
@@ -219,8 +226,8 @@ def _render_row(job: Job):
     )
 
 
-def _filter_url(query: str, tag: str) -> str:
-    args = urlencode({k: v for k, v in (("q", query), ("tag", tag)) if v})
+def _filter_url(query: str, tag: str, after: str = "") -> str:
+    args = urlencode({k: v for k, v in (("q", query), ("tag", tag), ("after", after)) if v})
     return url_for("jobs.index") + (f"?{args}" if args else "")
 
 
