@@ -8,6 +8,7 @@ from string import Template
 
 import sqlalchemy as sa
 
+from app.crypto import SecretsVault
 from app.db import Database
 from app.engine.signals import jobs_changed
 from app.jobs_io import import_jobs
@@ -42,6 +43,7 @@ def ensure_builtin_jobs(
     demo: bool = False,
     instance_path: Path | None = None,
     served_at: str = "http://127.0.0.1:5000",
+    vault: SecretsVault | None = None,
 ) -> None:
     """Create the maintenance job once (a deleted one stays deleted); add demos to a new install.
 
@@ -54,7 +56,8 @@ def ensure_builtin_jobs(
             apply_job(db, spec, None)
             log.info("created the built-in job %s", MAINTENANCE_JOB["id"])
         if demo and _only_builtin_jobs(db):
-            result = import_jobs(db, demo_jobs_text(instance_path or Path("instance"), served_at))
+            text = demo_jobs_text(instance_path or Path("instance"), served_at)
+            result = import_jobs(db, text, vault=vault)
             if result.errors:
                 raise RuntimeError(f"demo jobs do not import: {result.errors}")
             log.info("created the demo jobs: %s", ", ".join(result.outcomes))

@@ -124,12 +124,13 @@ def import_jobs(
 
 
 def _current_vault() -> SecretsVault:
-    """The running app's vault; in a command without an app context, this process's settings."""
+    """The running app's vault; without an app context the caller must pass ``vault=``.
+
+    (Reading settings here instead would create keys in ./instance behind the caller's back.)
+    """
     if has_app_context():
         return crypto.vault()
-    from app.config import load_settings
-
-    return SecretsVault(load_settings().encryption_keys)
+    raise RuntimeError("this file holds secrets: pass the installation's keys as vault=")
 
 
 def _section(document: dict, key: str, errors: list[str]) -> list[tuple[int, dict[str, Any]]]:

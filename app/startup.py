@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from app.builtin_jobs import ensure_builtin_jobs
+from app.crypto import vault
 from app.db import get_database
 from app.engine.service import start_runner, stop_runner
 from app.live import start_live_push, stop_live_push
@@ -86,6 +87,7 @@ def prepare_server(app: Flask, out=sys.stdout, served_at: str = "http://127.0.0.
         demo=settings.demo_jobs,
         instance_path=settings.instance_path,
         served_at=served_at,
+        vault=vault(app),
     )
     start_runner(app)
     start_live_push(app)

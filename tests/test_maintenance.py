@@ -44,12 +44,12 @@ def test_demo_jobs_come_only_with_a_new_installation_and_all_succeed(app, runner
     served_at = f"http://127.0.0.1:{server.server_port}"
     try:
         make_job(app, "mine")
-        ensure_builtin_jobs(get_database(app), True, instance, served_at)
+        ensure_builtin_jobs(get_database(app), True, instance, served_at, vault(app))
         assert job_ids(app) == ["mine", "nomaflow-maintenance"]  # not added next to real jobs
 
         with get_database(app).session_scope() as db:
             db.execute(sa.delete(Job).where(Job.id == "mine"))
-        ensure_builtin_jobs(get_database(app), True, instance, served_at)
+        ensure_builtin_jobs(get_database(app), True, instance, served_at, vault(app))
         demos = [j for j in job_ids(app) if j.startswith("demo-")]
         assert demos == ["demo-copy", "demo-flaky", "demo-healthz", "demo-heartbeat", "demo-hello"]
         documents = {}
