@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 # the export's readable TOML (code verbatim, defaults left out): one format for files and diffs
-from app.jobs_io import _dumps_readably, _without_defaults
+from app.jobs_io import dumps_readably, without_defaults
 from app.jobspec import apply_job, validate_job
 from app.models import JobVersion, User
 
@@ -50,7 +50,7 @@ def get_version(db: Session, job_id: str, version: int) -> JobVersion | None:
 
 def definition_toml(definition: dict[str, Any]) -> str:
     """Return one definition as the TOML an export writes for it."""
-    return _dumps_readably({"jobs": [_without_defaults(copy.deepcopy(definition))]})
+    return dumps_readably({"jobs": [without_defaults(copy.deepcopy(definition))]})
 
 
 def diff_definitions(old: dict[str, Any], new: dict[str, Any], labels=("old", "new")):
@@ -89,7 +89,7 @@ def restore_version(db: Session, job_id: str, version: int, user: User | None, i
     if stored is None:
         raise LookupError(f"{job_id} has no version {version}")
     # a stored definition holds None for "not set"; validate it as its export would read
-    spec, errors = validate_job(_without_defaults(copy.deepcopy(stored.definition)))
+    spec, errors = validate_job(without_defaults(copy.deepcopy(stored.definition)))
     if errors:
         raise ValueError("; ".join(str(error) for error in errors))
     return apply_job(db, spec, user, ip)

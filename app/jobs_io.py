@@ -374,8 +374,8 @@ def export_jobs(
                 document["variables"] = variables
     except ValueError as error:
         raise SecretsUnreadableError(f"cannot export the secrets: {error}") from None
-    document["jobs"] = [_without_defaults(definition) for definition in definitions]
-    return EXPORT_HEADER + _dumps_readably(document)
+    document["jobs"] = [without_defaults(definition) for definition in definitions]
+    return EXPORT_HEADER + dumps_readably(document)
 
 
 def _connectors_used(definitions: list[dict[str, Any]]) -> set[str]:
@@ -409,7 +409,7 @@ def _variables_used(definitions: list[dict[str, Any]]) -> set[str]:
     return names
 
 
-def _dumps_readably(document: dict[str, Any]) -> str:
+def dumps_readably(document: dict[str, Any]) -> str:
     """Dump to TOML with multi-line text (code, SQL, descriptions) written verbatim.
 
     tomli_w writes multi-line basic strings that escape every quote and backslash, which turns
@@ -460,7 +460,7 @@ def _fits_literal(value: str) -> bool:
     return "'''" not in value and not value.endswith("'") and not controls
 
 
-def _without_defaults(definition: dict[str, Any]) -> dict[str, Any]:
+def without_defaults(definition: dict[str, Any]) -> dict[str, Any]:
     job = _drop_defaults(definition, JOB_DEFAULTS)
     if "retry" in job:
         job["retry"] = _drop_defaults(job["retry"], RETRY_DEFAULTS)

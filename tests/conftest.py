@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 from werkzeug.security import generate_password_hash
 
 from app import create_app
 from app.config import load_settings
+from app.crypto import SecretsVault
 from app.db import get_database
 from app.models import Role, User
 from app.schema import upgrade_database
@@ -170,6 +172,24 @@ def any_db_app(request, make_app):
         return make_app()
     url = request.getfixturevalue(f"{request.param}_url")
     return make_app(url)
+
+
+def new_vault() -> SecretsVault:
+    """A vault with a fresh key of its own."""
+    return SecretsVault((Fernet.generate_key().decode(),))
+
+
+@pytest.fixture
+def keys():
+    """A vault with a fresh key, for tests of sealed secrets."""
+    return new_vault()
+
+
+@pytest.fixture
+def db(app):
+    """A session on the test app's database, committed at the end of the test."""
+    with get_database(app).session_scope() as db_session:
+        yield db_session
 
 
 @pytest.fixture

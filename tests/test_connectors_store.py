@@ -2,7 +2,6 @@
 
 import pytest
 import sqlalchemy as sa
-from cryptography.fernet import Fernet
 
 from app.connectors.store import (
     ConnectorError,
@@ -13,23 +12,12 @@ from app.connectors.store import (
     public_view,
     save_connector,
 )
-from app.crypto import SecretsVault
 from app.db import get_database
 from app.models import AuditEvent, Connector, User
+from tests.conftest import new_vault
 from tests.engine_helpers import make_job
 
 SECRET = "s3cret-Value!"
-
-
-@pytest.fixture
-def keys():
-    return SecretsVault((Fernet.generate_key().decode(),))
-
-
-@pytest.fixture
-def db(app):
-    with get_database(app).session_scope() as db_session:
-        yield db_session
 
 
 def events(db, target):
@@ -146,7 +134,7 @@ def test_an_export_token_opens_only_with_the_same_keys(db, keys):
     assert table["password"].startswith("enc:") and SECRET not in str(table)
     fields = {k: v for k, v in table.items() if k not in ("name", "kind")}
     assert save_connector(db, keys, "mail", "smtp", fields)[1] == "unchanged"
-    stranger = SecretsVault((Fernet.generate_key().decode(),))
+    stranger = new_vault()
     with pytest.raises(ConnectorError) as raised:
         save_connector(db, stranger, "copy", "smtp", fields)
     assert raised.value.fields == {

@@ -2,9 +2,7 @@
 
 import pytest
 import sqlalchemy as sa
-from cryptography.fernet import Fernet
 
-from app.crypto import SecretsVault
 from app.db import get_database
 from app.models import AuditEvent, User, Variable
 from app.variables import (
@@ -14,20 +12,9 @@ from app.variables import (
     list_variables,
     set_variable,
 )
-from tests.conftest import csrf_token
+from tests.conftest import csrf_token, new_vault
 
 SECRET = "xoxb-never-shown-4711"
-
-
-@pytest.fixture
-def keys():
-    return SecretsVault((Fernet.generate_key().decode(),))
-
-
-@pytest.fixture
-def db(app):
-    with get_database(app).session_scope() as db_session:
-        yield db_session
 
 
 def stored(db, name) -> Variable:
@@ -91,7 +78,7 @@ def test_export_writes_enc_tokens_that_only_the_same_keys_open(db, keys):
     assert keys.unseal(stored(db, "COPY").value) == SECRET
     with pytest.raises(VariableError, match="add secret = true"):
         set_variable(db, keys, "PLAIN", token)
-    stranger = SecretsVault((Fernet.generate_key().decode(),))
+    stranger = new_vault()
     with pytest.raises(VariableError) as raised:
         set_variable(db, stranger, "OTHER", token, secret=True)
     assert raised.value.fields["value"].startswith("cannot decrypt a stored secret")
