@@ -111,6 +111,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # history stays readable
+    # Webhook trigger (POST /hooks/<id>): only the sha256 of the job's own token is kept.
+    hook_token_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    hook_token_prefix: Mapped[str | None] = mapped_column(sa.String(16))
 
     steps: Mapped[list[Step]] = relationship(
         back_populates="job", order_by="Step.position", cascade="all, delete-orphan"
@@ -159,6 +162,7 @@ class Run(Base):
         sa.Index("ix_runs_queued_at", "queued_at"),
         sa.Index("ix_runs_job_id_state", "job_id", "state"),
         sa.Index("ix_runs_job_id_scheduled_for", "job_id", "scheduled_for"),
+        sa.Index("ix_runs_parent_run_id", "parent_run_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -271,3 +275,72 @@ class Setting(Base):
     key: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Channel(Base):
+    """Where alerts go: email (through an smtp connector), slack, teams, webhook, or in_app."""
+
+    __tablename__ = "channels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))  # email | slack | teams | webhook | in_app
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # never holds a secret
+    secrets_sealed: Mapped[str | None] = mapped_column(sa.Text)  # encrypted JSON (url, headers)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class AlertEvent(Base):
+    """One alert for one run and one channel: sent, grouped into a later one, or failed (retried)."""
+
+    __tablename__ = "alert_events"
+    __table_args__ = (
+        sa.Index("ix_alert_events_job_id_rule_id", "job_id", "rule", "id"),
+        sa.Index("ix_alert_events_state_next_attempt_at", "state", "next_attempt_at"),
+        sa.Index("ix_alert_events_run_id", "run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(sa.String(100))
+    run_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("runs.id", ondelete="CASCADE"))
+    rule: Mapped[str] = mapped_column(sa.String(32))  # failure | recovery | long_run | short_run ...
+    channel: Mapped[str] = mapped_column(sa.String(100))
+    state: Mapped[str] = mapped_column(sa.String(16), default="PENDING")  # PENDING SENT GROUPED FAILED
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Notification(Base):
+    """An in-app alert for one user (fanned out to the users of a role): the bell."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (sa.Index("ix_notifications_user_id_read_at_id", "user_id", "read_at", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(sa.String(100))
+    run_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("runs.id", ondelete="CASCADE"))
+    level: Mapped[str] = mapped_column(sa.String(16), default="error")  # error | warning | info
+    title: Mapped[str] = mapped_column(sa.String(255))
+    body: Mapped[str] = mapped_column(sa.Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class IdempotencyKey(Base):
+    """An API run creation remembered by its Idempotency-Key, per user, for replays of the request."""
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(sa.String(64))  # sha256 of method, path and body
+    run_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("runs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
