@@ -17,6 +17,7 @@ from app.audit import record_event
 from app.engine.history import duration_text
 from app.models import Job, Run, StepRun, User
 from app.schedules import ScheduleError, build_trigger, next_fire_times
+from app.visibility import may_see_job
 
 SPARK_RUNS = 20
 SPARK_WIDTH, SPARK_HEIGHT, SPARK_GAP = 100, 20, 1
@@ -181,8 +182,7 @@ def ago(moment: datetime | None, now: datetime) -> str:
 
 
 def may_see(job: Job, user: User | None) -> bool:
-    allowed = user.role.job_tags if user is not None and getattr(user, "role", None) else None
-    return allowed is None or bool(set(job.tags or []) & set(allowed))
+    return may_see_job(user, job)
 
 
 def set_enabled(db: Session, job: Job, enabled: bool, user: User | None, ip: str = "") -> None:

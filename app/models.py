@@ -292,7 +292,7 @@ class Channel(Base):
 
 
 class AlertEvent(Base):
-    """One alert for one run and one channel: sent, grouped into a later one, or failed (retried)."""
+    """One alert for one run and one channel: sent, grouped into a later one, or failed."""
 
     __tablename__ = "alert_events"
     __table_args__ = (
@@ -304,9 +304,9 @@ class AlertEvent(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(sa.String(100))
     run_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("runs.id", ondelete="CASCADE"))
-    rule: Mapped[str] = mapped_column(sa.String(32))  # failure | recovery | long_run | short_run ...
+    rule: Mapped[str] = mapped_column(sa.String(32))  # failure | recovery | long_run ...
     channel: Mapped[str] = mapped_column(sa.String(100))
-    state: Mapped[str] = mapped_column(sa.String(16), default="PENDING")  # PENDING SENT GROUPED FAILED
+    state: Mapped[str] = mapped_column(sa.String(16), default="PENDING")  # SENT GROUPED FAILED
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(sa.Text)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -333,7 +333,7 @@ class Notification(Base):
 
 
 class IdempotencyKey(Base):
-    """An API run creation remembered by its Idempotency-Key, per user, for replays of the request."""
+    """An API run creation remembered by its Idempotency-Key (per user) for replayed requests."""
 
     __tablename__ = "idempotency_keys"
 

@@ -12,7 +12,7 @@ from app.audit import record_event
 from app.crypto import SecretsVault
 from app.db import Database, utcnow
 from app.engine.params import ParamError, mask_params, resolve_params
-from app.engine.signals import run_changed, run_queued
+from app.engine.signals import run_changed, run_finished, run_queued
 from app.engine.templating import date_helpers, json_safe, render_value
 from app.models import ACTIVE_STATES, Job, Run, StepRun, User
 
@@ -93,6 +93,8 @@ def dispatch(
     run_changed.send(run.id)
     if run.state == "QUEUED":
         run_queued.send(run.id)
+    else:
+        run_finished.send(run.id, database=database)
     return run
 
 
@@ -114,6 +116,7 @@ def record_missed(database: Database, job_id: str, scheduled_for: datetime, reas
         )
         db.add(run)
     run_changed.send(run.id)
+    run_finished.send(run.id, database=database)
     return run
 
 
@@ -144,6 +147,8 @@ def request_abort(database: Database, run_id: int, user: User | None = None, ip:
             )
         record_event(db, "run.abort", user=user, target_type="run", target_id=run_id, ip=ip)
     run_changed.send(run_id)
+    if changed:
+        run_finished.send(run_id, database=database)
     with database.session_scope() as db:
         return db.get(Run, run_id)
 

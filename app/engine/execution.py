@@ -18,7 +18,7 @@ from app.engine.definitions import load_definition
 from app.engine.logs import LogWriter, RunLog
 from app.engine.params import secret_names
 from app.engine.policies import backoff_seconds, retry_policy
-from app.engine.signals import run_changed
+from app.engine.signals import run_changed, run_finished
 from app.engine.templating import (
     TemplateProblem,
     date_helpers,
@@ -128,6 +128,7 @@ class RunExecution:
                 )
             )
         run_changed.send(self.run_id)
+        run_finished.send(self.run_id, database=self.database)
         return state
 
     def _run_steps(self, disabled: list[str], start_step: str | None, replay_of: int | None):

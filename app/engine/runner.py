@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -17,7 +19,7 @@ from app.crypto import SecretsVault
 from app.db import Database, utcnow
 from app.engine.execution import EngineSettings, RunExecution
 from app.engine.logs import LogWriter
-from app.engine.signals import run_changed, run_queued
+from app.engine.signals import run_changed, run_finished, run_queued
 from app.models import Job, Run, Setting, StepRun
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,7 @@ def mark_interrupted(database: Database, host: str) -> list[int]:
                 interrupted.append(run_id)
     for run_id in interrupted:
         run_changed.send(run_id)
+        run_finished.send(run_id, database=database)
     return interrupted
 
 
@@ -167,6 +170,11 @@ def _process_alive(pid: int) -> bool:
         return True
 
 
+# An after-run hook: called with (database, vault, run_id) once a run of this runner's database
+# has finished, on the runner's "after-run" thread, so a slow hook never holds a run slot.
+AfterRunHook = Callable[[Database, SecretsVault, int], None]
+
+
 class Runner:
     """Execute queued runs in a bounded pool; hear aborts through the database."""
 
@@ -181,6 +189,8 @@ class Runner:
         self.writer = LogWriter(database)
         self.connectors = Connectors(database, vault)
         self.pool = ThreadPoolExecutor(pool_size, thread_name_prefix="run")
+        self.after_run_hooks: list[AfterRunHook] = []
+        self.after_run = ThreadPoolExecutor(1, thread_name_prefix="after-run")
         self.cancel_events: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -195,8 +205,10 @@ class Runner:
         if not claim_queued:
             self._threads = [t for t in self._threads if t.name != "runner-claim"]
         else:
-            self._recover()
             run_queued.connect(self._on_queued, weak=False)
+        run_finished.connect(self._on_finished, weak=False)
+        if claim_queued:
+            self._recover()
         for thread in self._threads:
             thread.start()
         self.wake()
@@ -215,6 +227,8 @@ class Runner:
         for event in in_flight:
             event.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        run_finished.disconnect(self._on_finished)
+        self.after_run.shutdown(wait=True)
         self.writer.stop()
         forget_heartbeat(self.database, self.node)
         self.connectors.dispose()
@@ -244,6 +258,19 @@ class Runner:
 
     def _on_queued(self, run_id, **_kw) -> None:
         self.wake()
+
+    def _on_finished(self, run_id, database=None, **_kw) -> None:
+        if database is not self.database or not self.after_run_hooks:
+            return
+        with contextlib.suppress(RuntimeError):  # shutting down: nothing more runs after
+            self.after_run.submit(self._run_after_hooks, run_id)
+
+    def _run_after_hooks(self, run_id: int) -> None:
+        for hook in list(self.after_run_hooks):
+            try:
+                hook(self.database, self.vault, run_id)
+            except Exception:  # one hook's bug must not starve the others
+                log.exception("after-run hook %r failed for run %s", hook, run_id)
 
     def _busy(self) -> int:
         with self._lock:
