@@ -6,17 +6,19 @@ import time
 from collections.abc import Callable
 from functools import wraps
 
-from flask import Flask, abort, current_app, flash, jsonify, redirect, request, session, url_for
+from flask import Flask, abort, current_app, flash, g, jsonify, redirect, request, session, url_for
 from flask_login import AnonymousUserMixin, LoginManager, current_user, logout_user
 
 from app import db
 from app.models import User
+from app.tokens import authenticate, bearer_value
 
 login_manager = LoginManager()
 
 # Endpoints anyone may reach; every other endpoint needs a signed-in user (checked before the
 # view runs) and carries a ``requires`` guard (checked by tests/test_permissions.py).
-PUBLIC_ENDPOINTS = {"auth.login", "health.healthz", "static"}
+# hooks.trigger authenticates itself with the job's own trigger token (app/hooks.py).
+PUBLIC_ENDPOINTS = {"auth.login", "health.healthz", "static", "hooks.trigger"}
 
 
 class Anonymous(AnonymousUserMixin):
@@ -66,6 +68,8 @@ def _require_sign_in():
     """Turn away anonymous requests to private endpoints, and end idle sessions."""
     if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
         return None
+    if request.path.startswith("/api/"):
+        return _sign_in_by_token()
     if not current_user.is_authenticated:
         return login_manager.unauthorized()
     settings = current_app.config["NOMAFLOW"]
@@ -85,12 +89,24 @@ def _require_sign_in():
     return None
 
 
+def _sign_in_by_token():
+    """Let an API call in on its bearer token only: a session cookie never authorises one, so
+    no cross-site form can ride on a signed-in browser (the API is CSRF-exempt)."""
+    user = authenticate(db.session(), bearer_value(request.headers.get("Authorization")))
+    if user is None:
+        return _unauthorized()
+    g._login_user = user  # Flask-Login's current_user for this request; the session is untouched
+    return None
+
+
 def _unauthorized():
     """401 for API and htmx callers (htmx is sent to the login page), a redirect otherwise."""
     login_url = url_for("auth.login", next=request.full_path.rstrip("?"))
     if request.path.startswith("/api/"):
-        response = jsonify(error="unauthorized", message="Sign in or send a valid API token.")
+        message = "Send a valid API token: Authorization: Bearer nf_..."
+        response = jsonify(error="unauthorized", message=message, fields={})
         response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Bearer realm="nomaflow"'
         return response
     if request.headers.get("HX-Request"):
         response = jsonify(error="unauthorized", message="Your session has ended.")

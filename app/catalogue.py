@@ -1,99 +1,115 @@
 """The job catalogue read model: jobs with their last run, recent durations and next fire.
 
-Three queries whatever the number of jobs: the jobs, each job's newest run (a max(id) per job
-subquery), and the last SPARK_RUNS finished runs per job (a row_number() window). The step a
-running job is on is a fourth, only when some job is running.
+A page costs the same few queries whatever the number of jobs: the id, description and tags of
+every live job (filtered here: tags are JSON), the page's jobs, their newest runs (one UNION ALL
+of an index range per job), the clock's stored next fires, and the step a running job is on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app.audit import record_event
 from app.engine.history import duration_text
+from app.fires import Triggers, next_fire_of, stored_next_fires
 from app.models import Job, Run, StepRun, User
-from app.schedules import ScheduleError, build_trigger, next_fire_times
-from app.visibility import may_see_job
+from app.visibility import may_see_job, may_see_tags
 
 SPARK_RUNS = 20
-SPARK_WIDTH, SPARK_HEIGHT, SPARK_GAP = 100, 20, 1
+SPARK_WIDTH, SPARK_HEIGHT = 100, 20
+RUN_COLUMNS = (Run.id, Run.job_id, Run.state, Run.queued_at, Run.started_at, Run.finished_at,
+               Run.cancel_requested_at)  # fmt: skip
 
 
 @dataclass
-class Bar:
-    """One run in a sparkline: position and size inside the SVG, outcome, tooltip."""
+class Sparkline:
+    """Recent durations as one SVG path per outcome (a few hundred bytes a row)."""
 
-    x: float
-    y: float
-    width: float
-    height: float
-    state: str
+    paths: dict[str, str]  # state (lower case) -> path data of its bars
     title: str
+    count: int
 
 
 @dataclass
 class CatalogueRow:
     job: Job
-    last_run: Run | None = None
+    last_run: object | None = None  # a row of RUN_COLUMNS
     current_step: str | None = None
     next_fire: datetime | None = None
-    bars: list[Bar] = field(default_factory=list)
+    spark: Sparkline | None = None
 
     @property
     def next_fire_utc(self) -> datetime | None:
         return self.next_fire.astimezone(UTC) if self.next_fire else None
 
 
-def visible_jobs(db: Session, user: User | None) -> list[Job]:
-    """Return the live jobs this user may see (a role limited to tags sees only those jobs)."""
-    jobs = db.scalars(sa.select(Job).where(Job.deleted_at.is_(None)).order_by(Job.id)).all()
-    return [job for job in jobs if may_see(job, user)]
+@dataclass(frozen=True)
+class JobCard:
+    """What searching and tag filters look at, for every live job."""
+
+    id: str
+    description: str
+    tags: tuple[str, ...]
 
 
-def matches(job: Job, query: str, tag: str) -> bool:
+def visible_cards(db: Session, user: User | None) -> list[JobCard]:
+    """Return id, description and tags of the live jobs this user may see, by id."""
+    query = sa.select(Job.id, Job.description, Job.tags).where(Job.deleted_at.is_(None))
+    rows = db.execute(query.order_by(Job.id))
+    return [
+        JobCard(job_id, description or "", tuple(tags or ()))
+        for job_id, description, tags in rows
+        if may_see_tags(user, tags)
+    ]
+
+
+def matches(card: JobCard | Job, query: str, tag: str) -> bool:
     """Does the job match the search text (id, description, tags) and the tag filter?"""
-    if tag and tag not in (job.tags or []):
+    if tag and tag not in (card.tags or ()):
         return False
     words = query.lower().split()
-    haystack = " ".join([job.id, job.description or "", *(job.tags or [])]).lower()
+    haystack = " ".join([card.id, card.description or "", *(card.tags or ())]).lower()
     return all(word in haystack for word in words)
 
 
-def all_tags(jobs: list[Job]) -> list[str]:
-    return sorted({tag for job in jobs for tag in job.tags or []})
+def all_tags(cards: list[JobCard]) -> list[str]:
+    return sorted({tag for card in cards for tag in card.tags})
+
+
+def load_jobs(db: Session, ids: list[str]) -> list[Job]:
+    """Return the full jobs with these ids, in the order given."""
+    jobs = {job.id: job for job in db.scalars(sa.select(Job).where(Job.id.in_(ids)))}
+    return [jobs[job_id] for job_id in ids if job_id in jobs]
 
 
 def catalogue_rows(db: Session, jobs: list[Job], now: datetime) -> list[CatalogueRow]:
     """Return one row per job, in the order given."""
-    ids = [job.id for job in jobs]
-    if not ids:
+    if not jobs:
         return []
-    newest = (
-        sa.select(sa.func.max(Run.id).label("id"))
-        .where(Run.job_id.in_(ids))
-        .group_by(Run.job_id)
-        .subquery()
-    )
-    last_runs = {
-        run.job_id: run for run in db.scalars(sa.select(Run).join(newest, Run.id == newest.c.id))
-    }
-    running = [run.id for run in last_runs.values() if run.state == "RUNNING"]
+    recent = _recent_runs(db, [job.id for job in jobs])
+    running = [runs[0].id for runs in recent.values() if runs[0].state == "RUNNING"]
     steps = _current_steps(db, running) if running else {}
-    durations = _recent_durations(db, ids)
+    scheduled = [job for job in jobs if job.enabled and (job.schedule or job.interval)]
+    stored = stored_next_fires(db) if scheduled else {}
+    triggers = Triggers()
     rows = []
     for job in jobs:
-        last = last_runs.get(job.id)
+        runs = recent.get(job.id, [])
+        last = runs[0] if runs else None
+        fire = next_fire_of(job, now, stored, triggers) if job in scheduled else None
+        finished = [run for run in reversed(runs) if run.started_at and run.finished_at]
         rows.append(
             CatalogueRow(
                 job=job,
                 last_run=last,
                 current_step=steps.get(last.id) if last else None,
-                next_fire=next_fire(job, now),
-                bars=sparkline(durations.get(job.id, [])),
+                next_fire=fire.astimezone(_zone(job.timezone)) if fire else None,
+                spark=sparkline(finished[-SPARK_RUNS:]),
             )
         )
     return rows
@@ -103,36 +119,36 @@ def catalogue_row(db: Session, job: Job, now: datetime) -> CatalogueRow:
     return catalogue_rows(db, [job], now)[0]
 
 
-def next_fire(job: Job, now: datetime) -> datetime | None:
-    """Return the job's next scheduled fire (aware, in its timezone), or None."""
-    if not job.enabled:
-        return None
+def _zone(name: str):
     try:
-        trigger = build_trigger(job.schedule, job.interval, job.timezone)
-    except ScheduleError:
-        return None  # a stored schedule that no longer parses: the editor shows why
-    if trigger is None:
-        return None
-    fires = next_fire_times(trigger, 1, now)
-    return fires[0] if fires else None
+        return ZoneInfo(name)
+    except (KeyError, ValueError):
+        return UTC
 
 
-def _recent_durations(db: Session, ids: list[str]) -> dict[str, list]:
-    """Return the last finished runs of each job (id, state, started_at, finished_at), oldest
-    first."""
-    position = sa.func.row_number().over(partition_by=Run.job_id, order_by=Run.id.desc()).label("n")
-    ranked = (
-        sa.select(Run.id, Run.job_id, Run.state, Run.started_at, Run.finished_at, position)
-        .where(Run.job_id.in_(ids), Run.started_at.is_not(None), Run.finished_at.is_not(None))
+def _recent_runs(db: Session, ids: list[str]) -> dict[str, list]:
+    """Return each job's newest SPARK_RUNS + 1 runs, newest first, in one statement.
+
+    A UNION ALL of one ``job_id = ? ORDER BY id DESC LIMIT n`` per job: each an index range
+    (ix_runs_job_id_id) however long the job's history; a window over every run of the page's
+    jobs would read them all.
+    """
+    parts = [
+        sa.select(*RUN_COLUMNS)
+        .where(Run.job_id == job_id)
+        .order_by(Run.id.desc())
+        .limit(SPARK_RUNS + 1)
         .subquery()
-    )
-    rows = db.execute(
-        sa.select(ranked).where(ranked.c.n <= SPARK_RUNS).order_by(ranked.c.job_id, ranked.c.id)
-    ).all()
-    durations: dict[str, list] = {}
-    for row in rows:
-        durations.setdefault(row.job_id, []).append(row)
-    return durations
+        .select()
+        for job_id in ids
+    ]
+    query = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+    runs: dict[str, list] = {}
+    for run in db.execute(query):
+        runs.setdefault(run.job_id, []).append(run)
+    for job_runs in runs.values():
+        job_runs.sort(key=lambda run: run.id, reverse=True)
+    return runs
 
 
 def _current_steps(db: Session, run_ids: list[int]) -> dict[int, str]:
@@ -144,41 +160,27 @@ def _current_steps(db: Session, run_ids: list[int]) -> dict[int, str]:
     return {row.run_id: row.step_name for row in rows}
 
 
-def sparkline(runs: list) -> list[Bar]:
-    """Lay out bars (height by duration, one slot per run) for an inline SVG."""
+def sparkline(runs: list) -> Sparkline | None:
+    """Lay out one bar per run (height by duration, oldest left) as path data per outcome."""
     if not runs:
-        return []
+        return None
     seconds = [max(0.0, (r.finished_at - r.started_at).total_seconds()) for r in runs]
     longest = max(seconds) or 1.0
     slot = SPARK_WIDTH / SPARK_RUNS
-    bars = []
+    paths: dict[str, list[str]] = {}
     for index, (run, length) in enumerate(zip(runs, seconds, strict=True)):
-        height = max(2.0, round(SPARK_HEIGHT * length / longest, 1))
-        took = duration_text(run.started_at, run.finished_at, run.finished_at)
-        bars.append(
-            Bar(
-                x=round(index * slot, 1),
-                y=round(SPARK_HEIGHT - height, 1),
-                width=round(slot - SPARK_GAP, 1),
-                height=height,
-                state=run.state.lower(),
-                title=f"#{run.id} {run.state} in {took}",
-            )
-        )
-    return bars
-
-
-def ago(moment: datetime | None, now: datetime) -> str:
-    """Say how long ago ``moment`` was, coarsely ("3 min ago")."""
-    if moment is None:
-        return ""
-    seconds = int((now - moment).total_seconds())
-    if seconds < 0:
-        return "just now"
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
-        if seconds >= size:
-            return f"{seconds // size} {unit} ago"
-    return f"{seconds}s ago"
+        height = max(2, round(SPARK_HEIGHT * length / longest))
+        x = round(index * slot + slot / 2 - 0.5)  # a vertical stroke in the middle of its slot
+        paths.setdefault(run.state.lower(), []).append(f"M{x} {SPARK_HEIGHT}v-{height}")
+    newest, slowest = runs[-1], runs[seconds.index(max(seconds))]
+    took = duration_text(newest.started_at, newest.finished_at, newest.finished_at)
+    longest_text = duration_text(slowest.started_at, slowest.finished_at, slowest.finished_at)
+    failed = sum(run.state != "SUCCEEDED" for run in runs)
+    title = (
+        f"Last {len(runs)} runs: {len(runs) - failed} succeeded, {failed} not; "
+        f"longest {longest_text}; newest #{newest.id} {newest.state} in {took}"
+    )
+    return Sparkline({state: "".join(d) for state, d in paths.items()}, title, len(runs))
 
 
 def may_see(job: Job, user: User | None) -> bool:

@@ -160,11 +160,12 @@ def check() -> None:
 
 
 def _register_commands() -> None:
-    from app import cli_connectors, cli_jobs, cli_runs
+    from app import cli_connectors, cli_jobs, cli_runs, cli_tokens
 
     main.add_command(cli_jobs.jobs)
     cli_runs.register(main)
     cli_connectors.register(main)
+    main.add_command(cli_tokens.tokens)
 
 
 _register_commands()

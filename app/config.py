@@ -44,6 +44,11 @@ class Settings:
     runner_pool_size: int
     log_max_lines: int
     demo_jobs: bool
+    # alerts (app/alerts): run links in messages, watcher poll, retry backoff, grouping window
+    base_url: str = "http://127.0.0.1:5000"
+    alert_poll_seconds: int = 5
+    alert_retry_seconds: int = 30
+    alert_group_seconds: int = 600
 
     def flask_config(self) -> dict:
         """Return the Flask config keys derived from these settings."""
@@ -97,6 +102,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         runner_pool_size=_integer("RUNNER_POOL_SIZE", get("RUNNER_POOL_SIZE"), 4),
         log_max_lines=_integer("LOG_MAX_LINES", get("LOG_MAX_LINES"), 100_000, minimum=10),
         demo_jobs=_boolean("DEMO_JOBS", get("DEMO_JOBS"), default=False),
+        base_url=_base_url(get("BASE_URL")),
+        alert_poll_seconds=_integer("ALERT_POLL_SECONDS", get("ALERT_POLL_SECONDS"), 5),
+        alert_retry_seconds=_integer("ALERT_RETRY_SECONDS", get("ALERT_RETRY_SECONDS"), 30),
+        alert_group_seconds=_integer(
+            "ALERT_GROUP_SECONDS", get("ALERT_GROUP_SECONDS"), 600, minimum=0
+        ),
     )
 
 
@@ -161,6 +172,15 @@ def _integer(name: str, raw: str | None, default: int, minimum: int = 1) -> int:
     if value is None or value < minimum:
         raise ConfigError(f"NOMAFLOW_{name}={raw}: expected a whole number >= {minimum}")
     return value
+
+
+def _base_url(raw: str | None) -> str:
+    """Where browsers reach this app (absolute run links in alert messages)."""
+    if raw is None:
+        return "http://127.0.0.1:5000"
+    if not raw.startswith(("http://", "https://")):
+        raise ConfigError(f"NOMAFLOW_BASE_URL={raw}: expected an http:// or https:// URL")
+    return raw.rstrip("/")
 
 
 def _redis_url(raw: str | None) -> str | None:

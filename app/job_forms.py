@@ -18,13 +18,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from app.alerts.form import alerts_error_field, alerts_from_form, alerts_to_form
 from app.jobspec import JOB_DEFAULTS, STEP_KEYS, SpecError
 from app.steps import STEP_TYPES
 
 SCHEDULE_KINDS = ("none", "cron", "interval")
-EXTRA_KEYS = ("requeue_interrupted", "alerts", "depends_on", "then")  # kept, not edited here
+EXTRA_KEYS = ("requeue_interrupted",)  # kept, not edited here
 RETRY_FIELDS = ("attempts", "backoff", "base_seconds", "max_seconds", "jitter")
-ROW = re.compile(r"^(params|steps)-(\d+)\.(.+)$")
+ROW = re.compile(r"^(params|steps|then)-(\d+)\.(.+)$")
 CHECKED = ("true", "on", "1", "yes")
 
 
@@ -108,7 +109,32 @@ def form_to_job(form: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]
     for key in EXTRA_KEYS:
         if key in extras:
             data[key] = extras[key]
+    data.update(_chaining(values, problems))
+    posted, alerts = alerts_from_form(values)  # the Alerts fieldset (app/alerts/form.py)
+    if alerts is not None:
+        data["alerts"] = alerts
+    elif not posted and "alerts" in extras:  # a form from before the fieldset
+        data["alerts"] = extras["alerts"]
     return data, problems
+
+
+def _chaining(values: FormValues, problems: dict[str, str]) -> dict[str, Any]:
+    """Read ``depends_on`` (comma list) and the ``then-N.*`` rows; a blank row is dropped."""
+    then = []
+    for index in row_indexes(values, "then"):
+        prefix = f"then-{index}."
+        job, text = values.get(prefix + "job").strip(), values.get(prefix + "params")
+        if not job and not text.strip():
+            continue
+        row = f"then-{len(then)}.params"  # rows are numbered as kept: errors find their row
+        if text.strip()[:1] == "{":
+            params = _json(text, row, problems, dict)
+        else:
+            params = _key_value_lines(text, row, problems)
+        chained = {"job": job, "on": values.get(prefix + "on") or "success"}
+        chained["params"] = text if params is None and text.strip() else params or {}
+        then.append(chained)
+    return {"depends_on": _words(values.get("depends_on")), "then": then}
 
 
 def _retry(values: FormValues, prefix: str) -> dict[str, Any] | None:
@@ -297,7 +323,30 @@ def job_to_form(definition: dict[str, Any]) -> dict[str, str]:
         form.update(_step_fields(index, step))
     extras = {key: definition[key] for key in EXTRA_KEYS if definition.get(key)}
     form["extras"] = json.dumps(extras) if extras else ""
+    form.update(alerts_to_form(definition.get("alerts")))
+    form["depends_on"] = ", ".join(definition.get("depends_on") or [])
+    for index, chained in enumerate(definition.get("then") or []):
+        prefix = f"then-{index}."
+        form[prefix + "job"] = chained.get("job") or ""
+        form[prefix + "on"] = chained.get("on") or "success"
+        form[prefix + "params"] = _then_params_text(chained.get("params"))
     return form
+
+
+def _then_params_text(params: Any) -> str:
+    """``name = template`` lines when they read back the same, else JSON (or the text typed)."""
+    if isinstance(params, str) or not params:
+        return params or ""
+    as_lines = all(
+        isinstance(value, str)
+        and value == value.strip()
+        and "\n" not in value
+        and re.fullmatch(r"[^=\s]+", name)
+        for name, value in params.items()
+    )
+    if as_lines:
+        return "\n".join(f"{name} = {value}" for name, value in params.items())
+    return json.dumps(params, indent=2)
 
 
 def _step_fields(index: int, step: dict[str, Any]) -> dict[str, str]:
@@ -365,7 +414,7 @@ def error_field(path: str) -> str:
     if not parts:
         return ""
     head = parts[0]
-    row = re.match(r"^(params|steps)\[(\d+)\]", head)
+    row = re.match(r"^(params|steps|then)\[(\d+)\]", head)
     if row and len(parts) > 1:
         prefix = f"{row.group(1)}-{row.group(2)}."
         key = parts[1]
@@ -378,6 +427,8 @@ def error_field(path: str) -> str:
         return f"{row.group(1)}-{row.group(2)}.name"
     if head == "retry":
         return "retry_" + (parts[1] if len(parts) > 1 else "attempts")
+    if head == "alerts":
+        return alerts_error_field(parts)
     if head in EXTRA_KEYS:
         return "extras"
     return head

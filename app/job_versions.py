@@ -11,6 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from app.job_graph import graph_errors
+
 # the export's readable TOML (code verbatim, defaults left out): one format for files and diffs
 from app.jobs_io import dumps_readably, without_defaults
 from app.jobspec import apply_job, validate_job
@@ -90,6 +92,8 @@ def restore_version(db: Session, job_id: str, version: int, user: User | None, i
         raise LookupError(f"{job_id} has no version {version}")
     # a stored definition holds None for "not set"; validate it as its export would read
     spec, errors = validate_job(without_defaults(copy.deepcopy(stored.definition)))
+    if spec is not None:  # jobs named since deleted, or a cycle made since by other jobs
+        errors = graph_errors(db, {0: spec})
     if errors:
         raise ValueError("; ".join(str(error) for error in errors))
     return apply_job(db, spec, user, ip)

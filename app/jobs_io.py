@@ -13,9 +13,17 @@ from flask import has_app_context
 from sqlalchemy.orm import Session, selectinload
 
 from app import crypto
+from app.alerts.channels_io import (
+    channel_tables,
+    channels_to_export,
+    export_channel_tables,
+    save_channel_tables,
+    unknown_channels,
+)
 from app.connectors import DEFAULT_CONNECTOR
 from app.connectors.store import export_connector, save_connector
 from app.crypto import SecretsVault
+from app.job_graph import cycle_errors, reference_errors
 from app.jobspec import (
     JOB_DEFAULTS,
     PARAM_DEFAULTS,
@@ -32,7 +40,6 @@ from app.models import Connector, Job, User, Variable
 from app.steps import get_step_type
 from app.variables import VariableError, check_variable, export_variables, set_variable
 
-LATER_SECTIONS = ("channels",)  # in the format; features still to come
 VARIABLE_KEYS = ("name", "secret", "value")
 # vars.NAME, secrets.NAME, vars['NAME'] in any string of a job: the variables it uses
 VARIABLE_REFERENCE = re.compile(
@@ -92,22 +99,23 @@ def import_jobs(
         errors.append(f"file: invalid TOML: {error}")
         return result
     for key in document:
-        if key in LATER_SECTIONS:
-            errors.append(f"{key}: [[{key}]] is not supported by this version yet")
-        elif key not in ("jobs", "connectors", "variables"):
+        if key not in ("jobs", "connectors", "variables", "channels"):
             errors.append(
-                f"{key}: unknown section (a job file holds [[jobs]], [[connectors]] and "
-                "[[variables]] tables)"
+                f"{key}: unknown section (a job file holds [[jobs]], [[connectors]], "
+                "[[variables]] and [[channels]] tables)"
             )
     connectors = _connector_entries(document, errors)
     variables = _variable_entries(document, errors)
     specs = _read_jobs(db, document, errors)
-    errors.extend(_connector_problems(db, specs, connectors))
-    writes = bool(connectors or variables)
+    errors.extend(connector_problems(db, specs, connectors))
+    channels = channel_tables(document, errors)
+    errors.extend(unknown_channels(db, specs, {table["name"] for _, table in channels}))
+    writes = bool(connectors or variables or channels)
     if writes:
         secrets_vault = vault or _current_vault()
         result.outcomes |= _save_connectors(db, secrets_vault, connectors, errors, user, ip)
         result.outcomes |= _save_variables(db, secrets_vault, variables, errors, user, ip)
+        result.outcomes |= save_channel_tables(db, secrets_vault, channels, errors, user, ip)
     if errors:
         result.outcomes = {}
         if writes:
@@ -273,26 +281,9 @@ def _read_jobs(db: Session, document: dict, errors: list[str]) -> dict[int, dict
             first_index[job_id] = index
         if spec is not None:
             specs[index] = spec
-    errors.extend(_unknown_references(db, specs, set(first_index)))
+    unknown = reference_errors(db, specs, in_file=set(first_index))  # then, depends_on, call_job
+    errors.extend(str(problem) for problem in unknown + cycle_errors(db, specs))
     return specs
-
-
-def _unknown_references(db: Session, specs: dict[int, dict], in_file: set[str]) -> list[str]:
-    """Name every depends_on / then job that is neither in this file nor in the database."""
-    wanted = []
-    for index, spec in specs.items():
-        wanted += [(index, "depends_on", other) for other in spec["depends_on"]]
-        wanted += [(index, "then", chained["job"]) for chained in spec["then"]]
-    outside = {other for _, _, other in wanted} - in_file
-    stored = set()
-    if outside:
-        query = sa.select(Job.id).where(Job.id.in_(outside), Job.deleted_at.is_(None))
-        stored = set(db.scalars(query))
-    return [
-        f"jobs[{index}] {specs[index]['id']} › {key}: unknown job {other!r}"
-        for index, key, other in wanted
-        if other not in in_file and other not in stored
-    ]
 
 
 def _step_connector_refs(step: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -302,7 +293,7 @@ def _step_connector_refs(step: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [ref for ref in refs if isinstance(ref[1], str) and "{{" not in ref[1]]
 
 
-def _connector_problems(db: Session, specs: dict[int, dict], entries: list[_Entry]) -> list[str]:
+def connector_problems(db: Session, specs: dict[int, dict], entries: list[_Entry]) -> list[str]:
     """Name every connector a step uses that is neither stored nor in this file, or of a kind
     other than the step needs (``default`` is always the app's own sql database)."""
     wanted = [
@@ -359,10 +350,13 @@ def export_jobs(
         connector_query = connector_query.where(Connector.name.in_(used))
         variable_names = _variables_used(definitions)
     connectors = list(db.scalars(connector_query))
+    channels = channels_to_export(db, None if everything else definitions)
     secret_variables = sa.select(Variable.id).where(Variable.secret.is_(True))
     if variable_names is not None:
         secret_variables = secret_variables.where(Variable.name.in_(variable_names))
-    needs_keys = any(c.secrets_sealed for c in connectors) or db.scalar(secret_variables.limit(1))
+    needs_keys = any(c.secrets_sealed for c in [*connectors, *channels]) or db.scalar(
+        secret_variables.limit(1)
+    )
     # only secrets need the keys: a file without any never opens them
     secrets_vault = vault or (_current_vault() if needs_keys else None)
     try:
@@ -372,6 +366,8 @@ def export_jobs(
             variables = export_variables(db, secrets_vault, variable_names)
             if variables:
                 document["variables"] = variables
+        if channels:
+            document["channels"] = export_channel_tables(secrets_vault, channels)
     except ValueError as error:
         raise SecretsUnreadableError(f"cannot export the secrets: {error}") from None
     document["jobs"] = [without_defaults(definition) for definition in definitions]

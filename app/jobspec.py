@@ -69,7 +69,7 @@ RETRY_DEFAULTS: dict[str, Any] = {
 PARAM_DEFAULTS: dict[str, Any] = {"required": False, "help": ""}
 THEN_DEFAULTS: dict[str, Any] = {"on": "success", "params": {}}
 ALERT_KEYS = ("channels", "on_failure", "after_failures", "on_recovery", "long_run_minutes")
-ALERT_KEYS += ("min_duration_seconds", "on_missed", "on_success")
+ALERT_KEYS += ("min_duration_seconds", "on_missed", "on_success", "subject", "message")
 _EXPRESSIONS = SandboxedEnvironment()
 
 
@@ -82,6 +82,10 @@ class SpecError:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+def _positive_number(value: Any) -> bool:
+    return type(value) in (int, float) and value > 0  # bool is not a number here
 
 
 def _is_int(value: Any) -> bool:
@@ -335,6 +339,14 @@ def _alerts(job: _Table) -> dict[str, Any] | None:
             alerts.strings(key)
         elif key.startswith("on_"):
             alerts.flag(key, False)
+        elif key == "long_run_minutes":  # a fraction of a minute is allowed (0.5 = 30 s)
+            alerts.value(key, None, _positive_number, "a number > 0")
+        elif key in ("subject", "message"):  # templates over job, run, rule, failing_step
+            template = alerts.text(key)
+            try:
+                _EXPRESSIONS.parse(template or "")
+            except jinja2.TemplateSyntaxError as error:
+                alerts.fail(key, f"not a valid template: {error.message or error}")
         else:
             alerts.whole(key, None, minimum=0 if key == "min_duration_seconds" else 1)
     return copy.deepcopy(alerts.data) or None

@@ -1,7 +1,7 @@
 """Socket.IO: signed-in users only, authorised room joins, rendered fragments pushed out.
 
-Pages join the rooms they show (``runs``, ``job:<id>``, ``run:<id>``). Two kinds of push:
-``fragment`` — Jinja partials with ``hx-swap-oob`` that static/js/live.js hands to htmx;
+Pages join the rooms they show (``runs``, ``jobs``, ``job:<id>``, ``run:<id>``). Two kinds of
+push: ``fragment`` — Jinja partials with ``hx-swap-oob`` that static/js/live.js hands to htmx;
 ``log`` — rendered log lines that live.js inserts in sequence order, dropping duplicates, so a
 page opened mid-run, or one that reconnects, shows every line once and in order.
 """
@@ -21,13 +21,14 @@ from flask_socketio import ConnectionRefusedError, SocketIO, emit, join_room
 from app.db import get_database
 from app.engine.history import load_run_view
 from app.engine.signals import log_appended, run_changed
-from app.models import LogLine
+from app.models import Job, LogLine, Role, Run
 from app.permissions import JOB_VIEW
+from app.visibility import may_see_job, restricted_tags
 
 log = logging.getLogger(__name__)
 socketio = SocketIO()
 
-ROOM_PATTERN = re.compile(r"^(runs|job:[A-Za-z0-9._-]{1,100}|run:\d{1,19})$")
+ROOM_PATTERN = re.compile(r"^(runs|jobs|job:[A-Za-z0-9._-]{1,100}|run:\d{1,19}|user:\d{1,19})$")
 BACKLOG_LIMIT = 20_000
 PUSH_EXTENSION = "nomaflow.live_push"
 
@@ -66,10 +67,14 @@ def on_join(request):
     )
     if not isinstance(room, str) or not ROOM_PATTERN.match(room):
         return {"ok": False, "error": "unknown room"}
+    if room.startswith("user:"):  # the bell: a user may join their own room only
+        return join_own_room(room)
     if not current_user.is_authenticated or not current_user.can(JOB_VIEW):
         return {"ok": False, "error": "forbidden"}
+    if not may_see_room(current_user, room):
+        return {"ok": False, "error": "not found"}  # as the pages answer: 404, not 403
     try:
-        join_room(room)
+        join_room(runs_room(current_user) if room == "runs" else room)
     except ValueError:  # the page went away before its join was handled
         return {"ok": False, "error": "disconnected"}
     if room.startswith("run:") and isinstance(after, int):
@@ -83,6 +88,53 @@ def on_join(request):
             ).all()
         if lines:
             emit("log", {"run": run_id, "html": render_log_lines(run_id, lines)})
+    return {"ok": True, "room": room}
+
+
+def may_see_room(user, room: str) -> bool:
+    """May a user whose role is limited to some job tags watch this room? (Others: yes.)"""
+    if restricted_tags(user) is None or room in ("runs", "jobs"):
+        return True  # jobs: refresh elements name a job id only; its row answers 404
+    kind, _, key = room.partition(":")
+    with get_database().session_scope() as db:
+        job_id = (
+            db.scalar(sa.select(Run.job_id).where(Run.id == int(key))) if kind == "run" else key
+        )
+        return may_see_job(user, db.get(Job, job_id) if job_id else None)
+
+
+def runs_room(user) -> str:
+    """The ``runs`` room this user joins: limited roles get one of their own (``runs:role:7``),
+    fed only the rows of their jobs, so a shared push never shows them another team's run."""
+    return "runs" if restricted_tags(user) is None else f"runs:role:{user.role_id}"
+
+
+def runs_rooms_for_job(db, job_id: str) -> list[str]:
+    """The rooms a row of this job goes to: ``runs`` and every limited role that sees it."""
+    job = db.get(Job, job_id)
+    tags = set(job.tags or ()) if job is not None else set()
+    limited = db.execute(sa.select(Role.id, Role.job_tags)).all()  # a handful of rows
+    return ["runs"] + [
+        f"runs:role:{rid}" for rid, allowed in limited if allowed and tags & set(allowed)
+    ]
+
+
+def watched_runs_rooms() -> bool:
+    """Does a browser of this process watch ``runs`` or a limited role's copy of it?"""
+    rooms = list(socketio.server.manager.rooms.get("/", {}).items())  # other threads join
+    return any(
+        sids and isinstance(name, str) and (name == "runs" or name.startswith("runs:role:"))
+        for name, sids in rooms
+    )
+
+
+def join_own_room(room: str) -> dict:
+    if not current_user.is_authenticated or room != f"user:{current_user.id}":
+        return {"ok": False, "error": "forbidden"}
+    try:
+        join_room(room)
+    except ValueError:
+        return {"ok": False, "error": "disconnected"}
     return {"ok": True, "room": room}
 
 
@@ -196,15 +248,25 @@ def start_live_push(app: Flask) -> None:
         pusher = LivePusher(app)
         app.extensions[PUSH_EXTENSION] = pusher
         pusher.start()
-    from app.live_history import start_history_push  # imports this module: import here
+    from app.live_catalogue import start_catalogue_push  # imports this module: import here
+    from app.live_history import start_history_push
 
     start_history_push(app)
+    start_catalogue_push(app)
+    from app.web.notifications import start_bell_push  # the bell, to user:<id>
+
+    start_bell_push(app)
 
 
 def stop_live_push(app: Flask) -> None:
     pusher = app.extensions.pop(PUSH_EXTENSION, None)
     if pusher is not None:
         pusher.stop()
+    from app.live_catalogue import stop_catalogue_push
     from app.live_history import stop_history_push
 
     stop_history_push(app)
+    stop_catalogue_push(app)
+    from app.web.notifications import stop_bell_push
+
+    stop_bell_push(app)

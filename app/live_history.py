@@ -1,6 +1,8 @@
 """Live rows for the run history: engine events rendered as ``runs/_history_row.html`` pushes.
 
-Pushed to the ``runs`` room. A new run is inserted at the top of the unfiltered first page only
+Pushed to the ``runs`` room, and to the ``runs:role:<id>`` room of each tag-limited role that
+may see the run's job (such users join that room instead of ``runs``: app/live.py).
+A new run is inserted at the top of the unfiltered first page only
 (``afterbegin:#runs-unfiltered-tbody``): a filtered page or an older page does not grow. A
 changed run replaces its row by id, and is pushed only while it is on the unfiltered first
 page, so that page always has the row the fragment targets.
@@ -17,13 +19,12 @@ from flask import Flask, render_template
 
 from app.db import get_database
 from app.engine.signals import run_changed, run_queued
-from app.live import push_fragment, socketio
+from app.live import push_fragment, runs_rooms_for_job, watched_runs_rooms
 from app.models import Run
 from app.run_history import history_row, newest_page_floor
 
 log = logging.getLogger(__name__)
 EXTENSION = "nomaflow.live_history"
-ROOM = "runs"
 
 
 class HistoryPusher:
@@ -68,7 +69,7 @@ class HistoryPusher:
     def _watched(self) -> bool:
         if self.app.config["NOMAFLOW"].redis_url:
             return True  # the browsers of other replicas are not known here
-        return bool(socketio.server.manager.rooms.get("/", {}).get(ROOM))
+        return watched_runs_rooms()
 
     def _push(self, run_id: int) -> None:
         is_new = run_id > self.newest_seen
@@ -82,9 +83,11 @@ class HistoryPusher:
             if row is None:
                 return
             html = render_template("runs/_history_row.html", row=row, oob=not is_new)
+            rooms = runs_rooms_for_job(db, row.job_id)  # limited roles: only their jobs' rows
         if is_new:
             html = f'<tbody hx-swap-oob="afterbegin:#runs-unfiltered-tbody">{html}</tbody>'
-        push_fragment(html, ROOM)
+        for room in rooms:
+            push_fragment(html, room)
 
 
 def start_history_push(app: Flask) -> None:

@@ -60,9 +60,16 @@ class HistoryPage:
 
 
 def find_runs(
-    db: Session, run_filter: RunFilter, before: int | None = None, limit: int = PAGE_SIZE
+    db: Session,
+    run_filter: RunFilter,
+    before: int | None = None,
+    limit: int = PAGE_SIZE,
+    job_ids: set[str] | None = None,
 ) -> HistoryPage:
-    """Return one page of runs matching ``run_filter`` with ids below ``before``."""
+    """Return one page of runs matching ``run_filter`` with ids below ``before``.
+
+    ``job_ids``: only runs of these jobs (app.visibility.visible_job_ids; None: every job).
+    """
     query = (
         sa.select(
             Run.id,
@@ -81,6 +88,8 @@ def find_runs(
     )
     if before:
         query = query.where(Run.id < before)
+    if job_ids is not None:
+        query = query.where(Run.job_id.in_(sorted(job_ids)))
     rows = db.execute(query).all()
     older = rows[limit - 1].id if len(rows) > limit else None
     return HistoryPage(rows[:limit], older)

@@ -221,6 +221,9 @@ def start_clock(app: Flask) -> Clock | None:
     from app.db import get_database
 
     settings = app.config["NOMAFLOW"]
+    runner = app.extensions.get("nomaflow.runner")  # its heartbeat tells this process's role
+    if runner is not None:
+        runner.clock_role = lambda: scheduler_role(app)
     if not settings.scheduler_enabled:
         log.info("scheduler role: disabled (NOMAFLOW_SCHEDULER_ENABLED=false)")
         return None

@@ -1,14 +1,17 @@
 """Server-side render time and transfer size of the big pages, on 1,000 jobs and 1,000,000 runs.
 
-Budgets: under 150 ms (median) and under 100 KB per page. Builds a SQLite instance in a temp
-folder (bulk inserts: executemany for jobs, one INSERT…SELECT for runs), signs in through the
-Flask test client, renders each page several times, prints a table with the query plans of the
-history pages, and writes bench/results/pages.json.
+Budgets: under 150 ms (median) and under 100 KB per page; the schedule view (a week of fires of
+every scheduled job) under 300 ms and 500 KB. Builds a SQLite instance in a temp folder (bulk
+inserts: executemany for jobs, one INSERT…SELECT for runs), lets the clock's own sync write
+APScheduler's job store for the 1,000 scheduled jobs (as a running leader would have), signs in
+through the Flask test client, renders each page several times, prints a table with the query
+plans of the history pages, and writes bench/results/pages.json.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -21,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa  # noqa: E402
 
 from app import create_app  # noqa: E402
-from app.db import get_database, utcnow  # noqa: E402
+from app.db import create_database_engine, get_database, utcnow  # noqa: E402
 from app.models import Job, Run, User  # noqa: E402
 from app.run_history import RunFilter, filter_clauses  # noqa: E402
 from app.schema import upgrade_database  # noqa: E402
@@ -32,6 +35,7 @@ RUNS = 1_000_000
 ROUNDS = 7
 BUDGET_MS = 150
 BUDGET_KB = 100
+BUDGETS = {"/schedule": (300, 500)}  # path -> (ms, KB) where a page has a budget of its own
 STATES = ("SUCCEEDED",) * 8 + ("FAILED", "SKIPPED")
 TRIGGERS = ("cron",) * 6 + ("interval", "manual", "api", "retry")
 
@@ -78,6 +82,26 @@ FROM seq
         )
 
 
+def fill_clock_store(app, instance: Path) -> None:
+    """Write APScheduler's job store through the clock's own sync, without starting the clock."""
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    from app.crypto import vault
+    from app.scheduler import Clock, LeaderScheduler
+
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per job otherwise
+    database = get_database(app)
+    clock = Clock(database, vault(app), instance)
+    engine = create_database_engine(database.url)
+    clock.scheduler = LeaderScheduler(
+        jobstores={"default": SQLAlchemyJobStore(engine=engine)}, timezone="UTC"
+    )
+    clock.scheduler.start(paused=True)  # never fires: paused, and shut down right after
+    clock.sync()
+    clock.scheduler.shutdown(wait=False)
+    engine.dispose()
+
+
 def plans(app, deep: int) -> dict[str, str]:
     cases = {
         "unfiltered, deep": RunFilter(),
@@ -112,13 +136,14 @@ def measure(client, path: str) -> dict:
         if times[-1] > 2000:
             break  # far over budget: one render says enough
     median = statistics.median(times)
+    budget_ms, budget_kb = BUDGETS.get(path, (BUDGET_MS, BUDGET_KB))
     return {
         "path": path,
         "median_ms": round(median, 1),
         "min_ms": round(min(times), 1),
         "kb": round(size / 1024, 1),
         "renders": len(times),
-        "ok": median < BUDGET_MS and size / 1024 < BUDGET_KB,
+        "ok": median < budget_ms and size / 1024 < budget_kb,
     }
 
 
@@ -130,6 +155,7 @@ def main() -> None:
         add_personas(app)
         started = time.perf_counter()
         fill(app)
+        fill_clock_store(app, instance)
         fill_s = time.perf_counter() - started
         with get_database(app).session_scope() as db:
             newest = db.scalar(sa.select(sa.func.max(Run.id)))
@@ -140,6 +166,9 @@ def main() -> None:
         day_range = f"since={day}&until={day}"
         paths = [
             "/jobs",
+            "/jobs?after=job-0500",
+            "/jobs?q=number+99",
+            "/jobs?tag=team-3",
             "/runs",
             f"/runs?before={deep}",
             "/runs?job=job-0500",
@@ -163,6 +192,7 @@ def main() -> None:
     for name, plan in query_plans.items():
         print(f"  {name:18} {plan}")
     out = ROOT / "bench" / "results" / "pages.json"
+    out.parent.mkdir(exist_ok=True)
     document = {
         "jobs": JOBS,
         "runs": RUNS,
@@ -170,6 +200,7 @@ def main() -> None:
         "rounds": ROUNDS,
         "budget_ms": BUDGET_MS,
         "budget_kb": BUDGET_KB,
+        "budgets": {path: {"ms": ms, "kb": kb} for path, (ms, kb) in BUDGETS.items()},
         "pages": results,
         "plans": query_plans,
     }

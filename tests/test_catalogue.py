@@ -61,7 +61,7 @@ def test_catalogue_shows_description_tags_schedule_and_next_fire(app, as_user, j
     assert "Copy the shop database" in nightly
     assert '<span class="chip">etl</span><span class="chip">shop</span>' in nightly
     assert "at 02:30 every day" in nightly
-    fire = re.search(r'<time datetime="([^"]+)" title="([^"]+)">([^<]+)</time>', nightly)
+    fire = re.search(r'<time datetime="([^"]+)" title="([^"]+)"[^>]*>([^<]+)</time>', nightly)
     assert fire.group(1).endswith(("+01:00", "+02:00"))  # the job's timezone, with its offset
     assert fire.group(2).endswith("UTC") and "02:30 Europe/Paris" in fire.group(3)
     assert "manual only" in page.split('id="job-ldap-mirror"')[1].split("</tr>")[0]
@@ -77,13 +77,15 @@ def test_last_run_state_and_a_sparkline_of_recent_durations(app, as_user, jobs):
     assert f'href="/runs/{last}"' in nightly
     assert '<span class="state state-succeeded">SUCCEEDED</span>' in nightly
     assert re.search(
-        r'<time datetime="[^"]+" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC" '
+        r'<time datetime="[^"]+" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC" data-relative '
         r'class="muted">2 min ago</time>',
         nightly,
     )
-    bars = re.findall(r'<rect class="spark-(\w+)"[^>]*height="([\d.]+)"', nightly)
-    assert bars == [("succeeded", "10.0"), ("failed", "5.0"), ("succeeded", "20.0")]
-    assert f"<title>#{last} SUCCEEDED in 20s</title>" in nightly
+    # one bar (a vertical stroke) per run, oldest left, height by duration, a path per outcome
+    paths = dict(re.findall(r'<path class="spark-(\w+)" d="([^"]+)"/>', nightly))
+    assert paths == {"succeeded": "M2 20v-10M12 20v-20", "failed": "M7 20v-5"}
+    title = f"Last 3 runs: 2 succeeded, 1 not; longest 20s; newest #{last} SUCCEEDED in 20s"
+    assert f"<title>{title}</title>" in nightly
 
 
 def test_catalogue_queries_do_not_grow_with_the_number_of_jobs(app, as_user):
@@ -229,3 +231,93 @@ def test_a_long_catalogue_comes_in_pages_of_fifty(app, as_user):
     second = client.get(more).get_data(as_text=True)
     assert row_ids(second) == [f"job-{n:02d}" for n in range(50, 55)]
     assert 'id="jobs-more"' not in second
+
+
+def fragments_until(live, count: int, deadline: float = 5.0) -> list[str]:
+    """Collect pushed fragments until ``count`` arrived or the deadline passed."""
+    import time
+
+    received: list[str] = []
+    stop = time.monotonic() + deadline
+    while len(received) < count and time.monotonic() < stop:
+        received += [m["args"][0] for m in live.get_received() if m["name"] == "fragment"]
+        time.sleep(0.05)
+    return received
+
+
+def test_a_changed_run_makes_its_catalogue_row_refetch_itself_at_most_once_a_second(
+    app, as_user, jobs
+):
+    from app.engine.signals import run_changed
+    from app.live import socketio
+    from app.live_catalogue import start_catalogue_push, stop_catalogue_push
+
+    vera = as_user("vera")
+    live = socketio.test_client(app, flask_test_client=vera)
+    assert live.emit("join", "jobs", callback=True) == {"ok": True, "room": "jobs"}
+    live.get_received()
+    start_catalogue_push(app)
+    try:
+        run_id = add_run(app, "nightly-copy", "RUNNING")
+        for _ in range(5):  # a burst of changes (steps starting, finishing)
+            run_changed.send(run_id)
+        pushed = fragments_until(live, 3, deadline=2.5)
+    finally:
+        stop_catalogue_push(app)
+        live.disconnect()
+    assert len(pushed) == 2  # the first at once, the rest of the burst once, a second later
+    refresh = (
+        '<span id="job-nightly-copy-refresh" hx-swap-oob="true" hx-get="/jobs/nightly-copy/row" '
+        'hx-trigger="load" hx-target="closest tr" hx-swap="outerHTML"></span>'
+    )
+    assert all(html.strip() == refresh for html in pushed)  # the job id, nothing else
+    row = vera.get("/jobs/nightly-copy/row", headers=HX).get_data(as_text=True)
+    assert row_ids(row) == ["nightly-copy"] and "state-running" in row
+    assert '<span id="job-nightly-copy-refresh"></span>' in row  # the next push's target
+
+
+def clock_stores_the_schedules(app) -> None:
+    """Let the clock's own sync write APScheduler's job store, without starting the clock."""
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    from app.crypto import vault
+    from app.db import create_database_engine
+    from app.scheduler import Clock, LeaderScheduler
+
+    database = get_database(app)
+    clock = Clock(database, vault(app), app.config["NOMAFLOW"].instance_path)
+    engine = create_database_engine(database.url)
+    clock.scheduler = LeaderScheduler(
+        jobstores={"default": SQLAlchemyJobStore(engine=engine)}, timezone="UTC"
+    )
+    clock.scheduler.start(paused=True)
+    clock.sync()
+    clock.scheduler.shutdown(wait=False)
+    engine.dispose()
+
+
+def test_next_fires_come_from_the_clocks_store_on_every_database(any_db_app):
+    from app.fires import STORE
+    from tests.conftest import sign_in
+
+    app = any_db_app
+    make_job(app, "every-hour", interval="1h")
+    make_job(app, "nightly", schedule="30 2 * * *")
+    add_run(app, "nightly", "SUCCEEDED", seconds=3)
+    clock_stores_the_schedules(app)
+    stored = (utcnow() + timedelta(minutes=37)).replace(second=0, microsecond=0)
+    with get_database(app).engine.begin() as connection:  # as if the clock added it 23 min ago
+        connection.execute(
+            sa.update(STORE).where(STORE.c.id == "job:every-hour"),
+            {"next_run_time": stored.timestamp()},
+        )
+    client = app.test_client()
+    sign_in(client, "vera")
+    page = client.get("/jobs").get_data(as_text=True)
+    hourly = page.split('id="job-every-hour"')[1].split("</tr>")[0]
+    assert f'<time datetime="{stored.isoformat()}"' in hourly  # the clock's, not now + 1 h
+    assert "spark-succeeded" in page.split('id="job-nightly"')[1].split("</tr>")[0]
+    upcoming = client.get("/").get_data(as_text=True).split('id="dashboard-upcoming"')[1]
+    assert upcoming.index("<code>every-hour</code>") < upcoming.index("</section>")
+    assert f'datetime="{stored.isoformat()}"' in upcoming
+    assert client.get("/schedule").status_code == 200

@@ -58,3 +58,20 @@ def test_running_region_is_its_own_partial(app, as_user):
     add_runs(app, [{"state": "RUNNING", "queued_at": utcnow()}])
     html = as_user("vera").get("/dashboard/running").get_data(as_text=True)
     assert html.lstrip().startswith('<section id="dashboard-running"')
+
+
+def test_an_unexpected_error_is_a_500_page_in_the_layout_with_an_incident_id(app, as_user, caplog):
+    def broken():
+        raise RuntimeError("the disk is on fire")
+
+    app.add_url_rule("/broken", "broken", broken)
+    vera = as_user("vera")
+    response = vera.get("/broken")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 500
+    assert "500 · Server error" in html and "aria-current" not in html.split("<main")[1]
+    assert '<a href="/jobs"' in html  # the usual top bar: the same layout
+    incident = re.search(r'<code id="error-incident">([0-9a-f]{8})</code>', html).group(1)
+    assert "the disk is on fire" not in html  # details stay in the server log
+    logged = [r for r in caplog.records if f"incident {incident}" in r.getMessage()]
+    assert logged and "the disk is on fire" in str(logged[0].exc_info[1])

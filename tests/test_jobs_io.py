@@ -74,7 +74,7 @@ type = "choice"
 choices = ["acme", "globex"]
 
 [jobs.alerts]
-channels = ["ops-mail"]
+channels = ["ops-bell"]
 on_failure = true
 after_failures = 3
 
@@ -113,6 +113,11 @@ interval = "15m"
 name = "awkward"
 type = "python"
 code = "x = '''a'''\nprint('\\t')\r\n"
+
+[[channels]]
+name = "ops-bell"
+kind = "in_app"
+roles = ["operator"]
 """
 
 
@@ -122,8 +127,8 @@ def count(app, model) -> int:
 
 
 def run_import(app, text, **options):
-    with get_database(app).session_scope() as db_session:
-        return import_jobs(db_session, text, **options)
+    with app.app_context(), get_database(app).session_scope() as db_session:
+        return import_jobs(db_session, text, **options)  # the app's keys, for [[channels]]
 
 
 def run_export(app, ids=None):
@@ -182,11 +187,11 @@ def test_sections_of_later_features_and_unknown_sections_are_refused(app):
         name = "w"
     """)
     assert run_import(app, text).errors == [
-        "channels: [[channels]] is not supported by this version yet",
-        "widgets: unknown section (a job file holds [[jobs]], [[connectors]] and [[variables]] "
-        "tables)",
+        "widgets: unknown section (a job file holds [[jobs]], [[connectors]], [[variables]] "
+        "and [[channels]] tables)",
         "connectors[0] ops › kind: required",  # connectors and variables are checked like jobs
         "variables[0] TOKEN › value: required",
+        "channels[0] ops-mail › kind: required",
     ]
     assert count(app, Job) == 0
 
@@ -205,7 +210,7 @@ def test_depends_on_and_then_must_name_jobs_in_the_file_or_the_database(app):
     )
     assert run_import(app, text).errors == [
         "jobs[0] nightly › depends_on: unknown job 'ghost'",
-        "jobs[0] nightly › then: unknown job 'phantom'",
+        "jobs[0] nightly › then[1] phantom › job: unknown job 'phantom'",
     ]
 
 
@@ -222,12 +227,20 @@ def test_a_dry_run_says_what_would_happen_and_writes_nothing(app):
 def test_import_export_import_is_unchanged(app):
     first = run_import(app, EVERYTHING)
     assert first.errors == []
-    assert first.outcomes == {"reporting-nightly-sync": "created", "extract": "created"}
+    assert first.outcomes == {
+        "reporting-nightly-sync": "created",
+        "extract": "created",
+        "channel ops-bell": "created",
+    }
 
     exported = run_export(app)
     again = run_import(app, exported)
     assert again.errors == []
-    assert again.outcomes == {"extract": "unchanged", "reporting-nightly-sync": "unchanged"}
+    assert again.outcomes == {
+        "extract": "unchanged",
+        "reporting-nightly-sync": "unchanged",
+        "channel ops-bell": "unchanged",
+    }
     assert run_export(app) == exported
     assert count(app, JobVersion) == 2
 

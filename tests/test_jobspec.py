@@ -222,7 +222,7 @@ def test_every_problem_is_reported_not_only_the_first():
         "jobs[0] Nightly Sync › retry › attempts: expected a whole number ≥ 1, got 0",
         "jobs[0] Nightly Sync › alerts › page_the_ceo: unknown alerts field 'page_the_ceo' "
         "(known: channels, on_failure, after_failures, on_recovery, long_run_minutes, "
-        "min_duration_seconds, on_missed, on_success)",
+        "min_duration_seconds, on_missed, on_success, subject, message)",
         "jobs[0] Nightly Sync › then[0] publish › on: expected one of success, failure, always, "
         "got 'later'",
         "jobs[0] Nightly Sync › steps[0] a › timeout_seconds: expected a whole number ≥ 1, got 0",

@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from app.db import get_database
-from app.fires import collisions, upcoming_fires
+from app.fires import NAMES_PER_HOUR, collisions, upcoming_fires
+from app.models import Job
 from tests.engine_helpers import make_job
 
 
@@ -48,25 +49,53 @@ def test_collisions_flag_hours_with_several_jobs(app):
     assert collisions(plan.fires, kolkata) == {datetime(2025, 6, 2, 15, tzinfo=kolkata): ["b", "c"]}
 
 
-def test_schedule_page_shows_fires_in_the_given_zone_and_flags_a_collision(app, as_user):
+def hour_rows(html: str) -> list[tuple[str, bool, dict[str, str]]]:
+    """(hour shown, flagged as a collision, {job: its fire times in that hour}) per hour row."""
+    rows = []
+    for flag, body in re.findall(r'<tr class="hour( collision)?">(.*?)</tr>', html, re.S):
+        hour = re.search(r'<time datetime="[^"]+">(\d\d:\d\d)</time>', body).group(1)
+        jobs = dict(re.findall(r'<li><a href="/runs\?job=[^"]+">([^<]+)</a> ([^<]*)</li>', body))
+        rows.append((hour, bool(flag), {job: times.strip() for job, times in jobs.items()}))
+    return rows
+
+
+def test_schedule_page_counts_fires_by_hour_in_the_given_zone_and_flags_collisions(app, as_user):
     make_job(app, "a", schedule="5 9 * * *")
     make_job(app, "b", schedule="50 9 * * *")
     vera = as_user("vera")
     html = vera.get("/schedule?tz=Asia/Tokyo").get_data(as_text=True)
-    times = re.findall(r"<time datetime=\"[^\"]+\">(\d\d:\d\d)</time>", html)
-    assert set(times) == {"18:05", "18:50"}  # UTC+9, no DST
-    assert len(times) == 14
-    assert html.count("⚠ 2 jobs this hour") == 14
-    assert 'title="2 jobs: a, b"' in html
+    rows = hour_rows(html)
+    assert {hour for hour, _, _ in rows} == {"18:00"}  # UTC+9, no DST: 09:xx UTC is 18:xx
+    assert 7 <= len(rows) <= 8  # a week of daily fires (8 hours if now falls between them)
+    for _, flagged, jobs in rows:
+        assert flagged == (len(jobs) == 2)  # both jobs in the hour: flagged
+        assert jobs.get("a", "18:05") == "18:05" and jobs.get("b", "18:50") == "18:50"
+    assert sum(flagged for _, flagged, _ in rows) >= 6
+    assert "⚠ 2 jobs this hour" in html and "14 fires of enabled jobs" in html
+    assert "<details" in html and "<summary>" in html  # names on expansion, keyboard included
     assert '<option value="Europe/Paris">' in html
     assert '<a href="/schedule" aria-current="page">Schedule</a>' in html
     utc = vera.get("/schedule").get_data(as_text=True)
-    assert set(re.findall(r"<time datetime=\"[^\"]+\">(\d\d:\d\d)</time>", utc)) == {
-        "09:05",
-        "09:50",
-    }
+    assert {hour for hour, _, _ in hour_rows(utc)} == {"09:00"}
     bad = vera.get("/schedule?tz=Mars/Olympus").get_data(as_text=True)
     assert "unknown timezone" in bad
+
+
+def test_a_thousand_jobs_on_one_schedule_are_counted_not_listed(app, as_user):
+    with get_database(app).session_scope() as db:
+        db.add_all(Job(id=f"job-{n:04d}", schedule="0 * * * *") for n in range(1000))
+    html = as_user("vera").get("/schedule").get_data(as_text=True)
+    rows = hour_rows(html)
+    assert 168 <= len(rows) <= 169 and all(flagged for _, flagged, _ in rows)
+    assert all(len(jobs) == NAMES_PER_HOUR for _, _, jobs in rows)
+    assert html.count("and 990 more jobs") == len(rows)
+    assert f"{1000 * 168} fires of enabled jobs" in html
+
+
+def test_nothing_scheduled_explains_how_to_schedule(app, as_user):
+    make_job(app, "manual")
+    html = as_user("eddie").get("/schedule").get_data(as_text=True)
+    assert "Nothing scheduled" in html and "Give a job a cron schedule" in html
 
 
 def test_past_fires_link_to_their_runs(app, as_user):

@@ -43,6 +43,7 @@ def dispatch(
     replay_of: Run | None = None,
     start_step: str | None = None,
     ip: str = "",
+    parent_run_id: int | None = None,
 ) -> Run:
     """Queue a run of ``job_id`` (or record it SKIPPED by the overlap policy) and return it."""
     with database.session_scope() as db:
@@ -71,6 +72,7 @@ def dispatch(
             scheduled_for=scheduled_for,
             replay_of_id=replay_of.id if replay_of else None,
             start_step=start_step,
+            parent_run_id=parent_run_id,  # chained by `then` or started by a call_job step
             state="QUEUED",
         )
         blocking = _overlap_blocker(db, job)

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from app.crypto import SecretsVault
 from app.db import Database, utcnow
 from app.engine.definitions import load_definition
+from app.engine.dependencies import unmet_dependency
 from app.engine.logs import LogWriter, RunLog
 from app.engine.params import secret_names
 from app.engine.policies import backoff_seconds, retry_policy
@@ -131,7 +132,24 @@ class RunExecution:
         run_finished.send(self.run_id, database=self.database)
         return state
 
+    def child(self, run_id: int, cancel: threading.Event) -> RunExecution:
+        """An execution of another run sharing this one's log writer, settings and connectors
+        (a call_job step runs its child run inline through it)."""
+        return RunExecution(
+            self.database,
+            self.vault,
+            self.writer,
+            self.settings,
+            run_id,
+            cancel,
+            self.connectors,
+            self.shutting_down,
+        )
+
     def _run_steps(self, disabled: list[str], start_step: str | None, replay_of: int | None):
+        blocked = unmet_dependency(self.database, self.job.get("depends_on"))
+        if blocked:
+            return "SKIPPED", blocked  # logged as "run ended SKIPPED: dependency …"
         stopped: StepOutcome | None = None
         partial: StepOutcome | None = None
         reuse = self._earlier_outputs(replay_of) if start_step else {}
@@ -223,6 +241,7 @@ class RunExecution:
             instance_path=self.settings.instance_path,
             database=self.database,
             connectors=self.connectors,
+            execution=self,
         )
         started = time.monotonic()
         output, rows = None, None

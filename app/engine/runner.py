@@ -82,9 +82,12 @@ def heartbeat_key(node: str) -> str:
     return f"node:{node}"
 
 
-def beat(database: Database, node: str) -> None:
-    """Say in the database that this process is alive (read by other hosts' recovery)."""
+def beat(database: Database, node: str, role: str | None = None) -> None:
+    """Say in the database that this process is alive (read by other hosts' recovery), and
+    its scheduler role (leader | standby | disabled) for the settings page."""
     key, value = heartbeat_key(node), {"seen": utcnow().isoformat()}
+    if role:
+        value["role"] = role
     with database.session_scope() as db:
         if not db.execute(
             sa.update(Setting).where(Setting.key == key).values(value=value)
@@ -190,6 +193,8 @@ class Runner:
         self.connectors = Connectors(database, vault)
         self.pool = ThreadPoolExecutor(pool_size, thread_name_prefix="run")
         self.after_run_hooks: list[AfterRunHook] = []
+        # the scheduler role its heartbeat reports; app.scheduler.start_clock sets the source
+        self.clock_role: Callable[[], str | None] = lambda: None
         self.after_run = ThreadPoolExecutor(1, thread_name_prefix="after-run")
         self.cancel_events: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
@@ -336,7 +341,7 @@ class Runner:
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + HEARTBEAT_SECONDS
                 try:
-                    beat(self.database, self.node)
+                    beat(self.database, self.node, self.clock_role())
                 except sa.exc.SQLAlchemyError:
                     log.exception("runner could not write its heartbeat")
             with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.steps.base import StepType
+from app.steps.call_job import CallJobStep
 from app.steps.http import HttpStep
 from app.steps.ldap_sync import LdapSync
 from app.steps.maintenance import MaintenanceStep
@@ -18,6 +19,7 @@ STEP_TYPES: dict[str, StepType] = {
         PythonStep(),
         HttpStep(),
         LdapSync(),
+        CallJobStep(),
         MaintenanceStep(),
     )
 }

@@ -66,6 +66,7 @@ class StepContext:
     metrics: dict[str, Any] = field(default_factory=dict)  # filled by run(): rows, bytes, status
     database: Any = None  # the app's own Database (app.db), for built-in steps
     connectors: Any = None  # app.connectors.runtime.Connectors: engines and clients by name
+    execution: Any = None  # the engine's RunExecution: call_job runs its child run through it
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import secrets
+
 from flask import Flask, jsonify, render_template, request
 from flask_login import current_user
 from werkzeug.exceptions import HTTPException
@@ -9,20 +12,26 @@ from werkzeug.exceptions import HTTPException
 from app import __version__
 from app.db import utcnow
 from app.engine.history import duration_text
+from app.relative_time import time_tag
 from app.schedules import describe_schedule
 
 
 def register_blueprints(app: Flask) -> None:
+    from app.api import register_api
     from app.web import (
         admin,
         auth,
+        channels,
         connectors,
         dashboard,
         editor,
         health,
         jobs,
+        notifications,
+        roles,
         runs,
         schedule,
+        settings,
         variables,
     )
 
@@ -37,14 +46,21 @@ def register_blueprints(app: Flask) -> None:
         connectors,
         variables,
         admin,
+        roles,
+        settings,
+        channels,
+        notifications,
     )
     for module in blueprints:
         app.register_blueprint(module.bp)
+    register_api(app)  # the REST API /api/v1, its UI page, tokens and trigger URLs
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)  # a 500 in the same layout
     app.context_processor(_layout_context)
     app.add_template_filter(_run_duration, "run_duration")
     app.add_template_filter(_step_duration, "step_duration")
     app.add_template_filter(_schedule_words, "schedule_words")
+    app.add_template_filter(time_tag, "reltime")  # <time> "3 min ago", exact time on hover
 
 
 def _schedule_words(job) -> str:
@@ -70,7 +86,8 @@ def _layout_context() -> dict:
 def _http_error(error: HTTPException):
 
     if request.path.startswith("/api/"):
-        response = jsonify(error=error.name.lower().replace(" ", "_"), message=error.description)
+        code = error.name.lower().replace(" ", "_")
+        response = jsonify(error=code, message=error.description, fields={})
         return response, error.code
     titles = {403: "Not allowed", 404: "Not found"}
     return (
@@ -82,3 +99,24 @@ def _http_error(error: HTTPException):
         ),
         error.code,
     )
+
+
+def _unexpected_error(error: Exception):
+    """Log the traceback under a short incident id and answer 500 (JSON under /api/)."""
+    incident = secrets.token_hex(4)
+    logging.getLogger("app.web").error(
+        "incident %s: %s %s failed", incident, request.method, request.path, exc_info=error
+    )
+    try:
+        from app import db
+
+        db.session().rollback()  # the page below may read the user; never from a failed transaction
+    except Exception:
+        pass
+    message = f"Something went wrong on our side. Incident {incident} is in the server log."
+    if request.path.startswith("/api/"):
+        return jsonify(error="internal_error", message=message, fields={}), 500
+    page = render_template(
+        "errors/error.html", code=500, title="Server error", message=message, incident=incident
+    )
+    return page, 500

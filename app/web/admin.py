@@ -1,12 +1,13 @@
 import sqlalchemy as sa
-from flask import Blueprint, abort, render_template, request
+from flask import Blueprint, abort, make_response, render_template, request
 from flask_login import current_user
 
 from app import db
-from app.audit import recent_events
+from app.audit_search import AuditFilter, action_choices, find_events, known_actions
 from app.auth import client_ip, requires
 from app.models import User
 from app.permissions import USER_ADMIN
+from app.run_history import usernames
 from app.users import UserError, create_user, role_names, set_password, update_user
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -88,10 +89,24 @@ def reset_password(user_id: int):
 @bp.get("/audit")
 @requires(USER_ADMIN)
 def audit():
-    """Show the newest audit events."""
+    """List audit events newest first, filtered, a keyset page at a time (htmx: results only)."""
+    audit_filter, errors = AuditFilter.from_args(request.args)
     before = request.args.get("before", type=int)
-    events = recent_events(db.session(), limit=100, before_id=before)
-    return render_template("admin/audit.html", events=events)
+    context = {
+        "page": find_events(db.session(), audit_filter, before=before),
+        "audit_filter": audit_filter,
+        "errors": errors,
+        "before": before,
+    }
+    if request.headers.get("HX-Request") and not request.headers.get("HX-History-Restore-Request"):
+        response = make_response(render_template("admin/_audit_results.html", **context))
+    else:
+        actions = action_choices(known_actions(db.session()))
+        context["actions"] = actions
+        context["usernames"] = usernames(db.session())
+        response = make_response(render_template("admin/audit.html", **context))
+    response.vary.add("HX-Request")
+    return response
 
 
 def _users_page(form=None, errors=None, notice=None, password=None, row_errors=None):

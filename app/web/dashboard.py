@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 from flask import Blueprint, current_app, render_template
+from flask_login import current_user
 
 from app import db
 from app.auth import requires
@@ -18,6 +19,7 @@ from app.db import utcnow
 from app.fires import next_fires
 from app.permissions import JOB_VIEW
 from app.scheduler import scheduler_role
+from app.visibility import visible_job_ids
 
 bp = Blueprint("dashboard", __name__)
 UPCOMING = 10
@@ -29,20 +31,21 @@ CHART_HEIGHT = 60
 def index():
     """Show the dashboard."""
     session, now = db.session(), utcnow()
-    hours = runs_per_hour(session, now)
+    visible = visible_job_ids(session, current_user)  # a tag-limited role: its jobs only
+    hours = runs_per_hour(session, now, job_ids=visible)
     return render_template(
         "dashboard/index.html",
         now=now,
-        running=running_now(session),
-        failures=failures_since(session, now - timedelta(hours=24)),
-        upcoming=next_fires(session, now, UPCOMING),
-        rates=success_rates(session, now - timedelta(days=7)),
+        running=running_now(session, job_ids=visible),
+        failures=failures_since(session, now - timedelta(hours=24), job_ids=visible),
+        upcoming=next_fires(session, now, UPCOMING, visible=visible),
+        rates=success_rates(session, now - timedelta(days=7), job_ids=visible),
         hours=hours,
         peak=max([count for _, count in hours] + [1]),
         chart_height=CHART_HEIGHT,
         role=scheduler_role(current_app),
-        queued=queue_depth(session),
-        last_fire=last_scheduled_fire(session),
+        queued=queue_depth(session, job_ids=visible),
+        last_fire=last_scheduled_fire(session, job_ids=visible),
     )
 
 
@@ -50,4 +53,6 @@ def index():
 @requires(JOB_VIEW)
 def running():
     """Return the running-now region (the page polls it)."""
-    return render_template("dashboard/_running.html", running=running_now(db.session()))
+    visible = visible_job_ids(db.session(), current_user)
+    running = running_now(db.session(), job_ids=visible)
+    return render_template("dashboard/_running.html", running=running)

@@ -38,6 +38,7 @@ from app.job_forms import (
     python_code_problems,
     step_config,
 )
+from app.job_graph import graph_errors
 from app.job_versions import (
     definition_toml,
     diff_definitions,
@@ -64,7 +65,9 @@ from app.schedules import (
     next_fire_times,
     parse_timezone,
 )
+from app.settings_store import default_timezone
 from app.steps import STEP_TYPES
+from app.visibility import may_see_job, may_see_tags, restricted_tags
 
 bp = Blueprint("editor", __name__)
 
@@ -78,6 +81,7 @@ def new():
     """Show an empty job form, or a copy of ``?duplicate=<id>`` under a new id."""
     source_id = request.args.get("duplicate", "")
     definition = copy.deepcopy(NEW_JOB)
+    definition["timezone"] = default_timezone(db.session())  # Admin → Settings
     if source_id:
         source = _live_job(source_id)
         definition = job_definition(source)
@@ -171,6 +175,9 @@ def restore(job_id: str, version: int):
     if not current_user.can(PYTHON_EDIT) and python_code_problems(old.definition, current):
         message = "Restoring this version changes Python code: you need python:edit for this."
         abort(403, description=message)
+    if not may_see_tags(current_user, old.definition.get("tags")):
+        allowed = ", ".join(sorted(restricted_tags(current_user)))
+        abort(403, description=f"Your role may only edit jobs tagged {allowed}.")
     try:
         outcome = restore_version(session, job_id, version, current_user, ip=client_ip())
     except ValueError as error:
@@ -217,7 +224,7 @@ def delete(job_id: str):
 
 def _live_job(job_id: str) -> Job:
     job = db.session().get(Job, job_id)
-    if job is None or job.deleted_at is not None:
+    if job is None or job.deleted_at is not None or not may_see_job(current_user, job):
         abort(404, description=f"There is no job {job_id!r}.")
     return job
 
@@ -244,12 +251,17 @@ def _handle_post(job_id: str | None):
             job_id, values, draft, {}, confirm_remove=confirm_remove, duplicate_of=duplicate_of
         )
     spec, errors = validate_job(copy.deepcopy(draft))
+    if spec is not None:  # the jobs it names exist, and it makes no cycle
+        errors += graph_errors(db.session(), {0: spec})
     fields = {**errors_by_field(errors), **problems}
     session = db.session()
     if job_id is None and draft["id"]:
         existing = session.get(Job, draft["id"])
         if existing is not None and existing.deleted_at is None:
             fields["id"] = f"a job named {draft['id']!r} already exists"
+    if not may_see_tags(current_user, (spec or draft).get("tags")):  # a team edits its own
+        allowed = ", ".join(sorted(restricted_tags(current_user)))
+        fields["tags"] = f"your role may only edit jobs tagged {allowed}"
     if fields:
         return _render_form(job_id, values, draft, fields, duplicate_of=duplicate_of), 422
     if not current_user.can(PYTHON_EDIT):

@@ -23,14 +23,14 @@ from app import db
 from app.auth import client_ip, requires
 from app.builtin_jobs import MAINTENANCE_JOB
 from app.catalogue import (
-    ago,
     all_tags,
     catalogue_row,
     catalogue_rows,
+    load_jobs,
     matches,
     may_see,
     set_enabled,
-    visible_jobs,
+    visible_cards,
 )
 from app.db import utcnow
 from app.engine.dispatch import LOG_LEVELS, DispatchError
@@ -52,29 +52,27 @@ def index():
     """List the job catalogue, filtered by search text and tag (htmx gets the region only)."""
     query, tag = request.args.get("q", "").strip(), request.args.get("tag", "").strip()
     after = request.args.get("after", "")
-    jobs = visible_jobs(db.session(), current_user)
-    matching = [job for job in jobs if matches(job, query, tag) and job.id > after]
-    shown = matching[:PAGE_SIZE]  # pages by id: a thousand jobs stay a light page
+    cards = visible_cards(db.session(), current_user)  # id, description, tags: a light read
+    matching = [card for card in cards if card.id > after and matches(card, query, tag)]
+    shown = load_jobs(db.session(), [card.id for card in matching[:PAGE_SIZE]])
     more_url = None
-    if len(matching) > PAGE_SIZE:
-        more_url = _filter_url(query, tag, after=shown[-1].id)
+    if len(matching) > PAGE_SIZE:  # pages by id: a thousand jobs stay a light page
+        more_url = _filter_url(query, tag, after=matching[PAGE_SIZE - 1].id)
     context = {
         "rows": catalogue_rows(db.session(), shown, utcnow()),
         "more_url": more_url,
-        "tags": all_tags(jobs),
+        "tags": all_tags(cards),
         "q": query,
         "tag": tag,
-        "now": utcnow(),
         "filter_url": _filter_url,
-        "ago": ago,
     }
     if request.headers.get("HX-Request"):
         response = make_response(render_template("jobs/_catalogue.html", **context))
         response.headers["HX-Push-Url"] = _filter_url(query, tag)  # a shareable address
     else:
-        only_builtin = all(job.id == MAINTENANCE_JOB["id"] for job in jobs)
+        only_builtin = all(card.id == MAINTENANCE_JOB["id"] for card in cards)
         page = render_template(
-            "jobs/index.html", any_jobs=bool(jobs), only_builtin=only_builtin, **context
+            "jobs/index.html", any_jobs=bool(cards), only_builtin=only_builtin, **context
         )
         response = make_response(page)
     response.vary.add("HX-Request")
@@ -106,6 +104,9 @@ def set_enabled_(job_id: str):
 def cancel(job_id: str, run_id: int):
     """Abort the job's active run from the catalogue and return its row."""
     job = _visible_job(job_id)
+    run = db.session().get(Run, run_id)
+    if run is None or run.job_id != job.id:  # another job's run: maybe another team's
+        abort(404)
     try:
         abort_run(run_id, current_user, client_ip())
     except DispatchError as error:
@@ -127,8 +128,17 @@ def run_now(job_id: str):
     except DispatchError as error:
         fields = "; ".join(f"{k}: {v}" for k, v in error.fields.items())
         flash(f"{job_id} was not started: {fields or error.message}", "warning")
-        return redirect(url_for("jobs.index"))
-    return redirect(url_for("runs.detail", run_id=run.id))
+        return _go_to(url_for("jobs.index"))
+    return _go_to(url_for("runs.detail", run_id=run.id))
+
+
+def _go_to(location: str):
+    """Redirect; an htmx button (the catalogue's Run now) is told to load the page instead."""
+    if request.headers.get("HX-Request"):
+        response = make_response("", 204)
+        response.headers["HX-Redirect"] = location
+        return response
+    return redirect(location)
 
 
 @bp.get("/jobs/<job_id>/run")
@@ -221,9 +231,7 @@ def _visible_job(job_id: str) -> Job:
 
 
 def _render_row(job: Job):
-    return render_template(
-        "jobs/_row.html", row=catalogue_row(db.session(), job, utcnow()), now=utcnow(), ago=ago
-    )
+    return render_template("jobs/_row.html", row=catalogue_row(db.session(), job, utcnow()))
 
 
 def _filter_url(query: str, tag: str, after: str = "") -> str:

@@ -14,13 +14,15 @@ from flask_login import current_user
 from app import db
 from app.auth import client_ip, requires
 from app.db import get_database
+from app.engine.chaining import run_family
 from app.engine.dispatch import DispatchError
 from app.engine.history import last_log_lines, load_run_view, log_lines
 from app.engine.logs import format_line
 from app.engine.service import abort_run, replay_run
-from app.models import RUN_STATES, RUN_TRIGGERS
+from app.models import RUN_STATES, RUN_TRIGGERS, Job
 from app.permissions import JOB_RUN, JOB_VIEW
 from app.run_history import RunFilter, find_runs, usernames
+from app.visibility import may_see_job, restricted_tags, visible_job_ids
 
 bp = Blueprint("runs", __name__)
 PAGE_LOG_LINES = 5000  # more than this: the page shows the newest, the download has them all
@@ -32,7 +34,8 @@ def index():
     """List runs newest first, filtered, one keyset page at a time (htmx: the results only)."""
     run_filter, errors = RunFilter.from_args(request.args)
     before = request.args.get("before", type=int)
-    page = find_runs(db.session(), run_filter, before=before)
+    visible = visible_job_ids(db.session(), current_user)
+    page = find_runs(db.session(), run_filter, before=before, job_ids=visible)
     context = {
         "page": page,
         "run_filter": run_filter,
@@ -59,7 +62,7 @@ def index():
 @requires(JOB_VIEW)
 def detail(run_id: int):
     """Show one run: header, step timeline and the live log tail."""
-    view = load_run_view(db.session(), run_id) or abort(404)
+    view = _visible_run_view(run_id)
     lines = last_log_lines(db.session(), run_id, PAGE_LOG_LINES)
     total = view.run.log_lines_count
     return render_template(
@@ -71,14 +74,27 @@ def detail(run_id: int):
         run_id=run_id,
         total_lines=total,
         hidden_lines=max(0, total - len(lines)),
+        family=_family(view.run),
     )
+
+
+@bp.get("/runs/<int:run_id>/family")
+@requires(JOB_VIEW)
+def family(run_id: int):
+    """Return the links to the run that started this one and to the runs it started."""
+    view = _visible_run_view(run_id)
+    return render_template("runs/_family.html", run=view.run, family=_family(view.run))
+
+
+def _family(run):
+    return run_family(db.session(), run, visible_job_ids(db.session(), current_user))
 
 
 @bp.get("/runs/<int:run_id>/live")
 @requires(JOB_VIEW)
 def live_regions(run_id: int):
     """Return the header and steps as out-of-band swaps (after a socket reconnect)."""
-    view = load_run_view(db.session(), run_id) or abort(404)
+    view = _visible_run_view(run_id)
     return render_template(
         "runs/_live_update.html",
         run=view.run,
@@ -92,7 +108,7 @@ def live_regions(run_id: int):
 @requires(JOB_VIEW)
 def actions(run_id: int):
     """Return the buttons this user may use on this run."""
-    view = load_run_view(db.session(), run_id) or abort(404)
+    view = _visible_run_view(run_id)
     return render_template("runs/_actions.html", run=view.run)
 
 
@@ -100,6 +116,7 @@ def actions(run_id: int):
 @requires(JOB_RUN)
 def abort_(run_id: int):
     """Abort a queued or running run."""
+    _visible_run_view(run_id)
     try:
         run = abort_run(run_id, current_user, client_ip())
     except DispatchError as error:
@@ -118,6 +135,7 @@ def abort_(run_id: int):
 def replay(run_id: int):
     """Queue the run again with its parameters (or from its failed step)."""
     from_failed = request.form.get("from_failed_step") in ("true", "1", "on")
+    _visible_run_view(run_id)
     try:
         run = replay_run(run_id, current_user, from_failed, client_ip())
     except DispatchError as error:
@@ -132,8 +150,7 @@ def replay(run_id: int):
 @requires(JOB_VIEW)
 def download_log(run_id: int):
     """Stream the whole log as text, read in batches."""
-    if load_run_view(db.session(), run_id) is None:
-        abort(404)
+    _visible_run_view(run_id)
     database = get_database()
 
     def lines():
@@ -146,3 +163,12 @@ def download_log(run_id: int):
         mimetype="text/plain",
         headers={"Content-Disposition": f'attachment; filename="run-{run_id}.log"'},
     )
+
+
+def _visible_run_view(run_id: int):
+    """The run's view, or 404 when it does not exist or its job is another team's."""
+    view = load_run_view(db.session(), run_id) or abort(404)
+    limited = restricted_tags(current_user) is not None
+    if limited and not may_see_job(current_user, db.session().get(Job, view.run.job_id)):
+        abort(404)
+    return view

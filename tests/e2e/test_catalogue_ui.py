@@ -105,3 +105,27 @@ def test_editor_switches_a_job_off_in_place(page: Page, live_server, app):
     )
     expect(page.locator("#job-hourly")).to_contain_text("paused")
     expect(page).to_have_url(live_server + "/jobs")  # swapped in place, no page load
+
+
+def test_a_running_job_row_updates_live_without_a_reload(page: Page, live_server, app, engine):
+    from app.crypto import vault
+    from app.db import get_database
+    from app.engine.dispatch import dispatch
+
+    make_job(app, "slow-sync", steps=[python_step("wait", "import time\ntime.sleep(2.5)")])
+    make_job(app, "other")
+    problems = watch_console(page)
+    open_catalogue(page, live_server, "vera")
+    expect(page.locator("#live-indicator")).to_have_text("live", timeout=10_000)
+    page.evaluate("() => { window.sameDocument = true; }")  # gone if the page reloads
+    row = page.locator("#job-slow-sync")
+    expect(row).to_contain_text("never run")
+    dispatch(get_database(app), vault(app), "slow-sync", "manual")  # someone else runs it
+    expect(row.locator(".state")).to_have_text("RUNNING", timeout=10_000)
+    expect(row).to_contain_text("on step wait")
+    expect(row.locator(".state")).to_have_text("SUCCEEDED", timeout=10_000)
+    expect(row.locator("svg.sparkline path")).to_have_count(1)
+    expect(page.locator("#job-other")).to_contain_text("never run")
+    assert page.evaluate("() => window.sameDocument") is True
+    expect(page.get_by_role("button", name="Run slow-sync now")).to_have_count(0)  # a viewer
+    assert problems == []

@@ -1,0 +1,170 @@
+"""Deliver one alert payload to one channel: email, Slack, Teams, a generic webhook, or in-app.
+
+Each function raises DeliveryFailed with a reason that never holds a secret (webhook URLs are
+secrets: the reason names the host at most).
+"""
+
+from __future__ import annotations
+
+import smtplib
+from email.message import EmailMessage
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from app.alerts.channels import ChannelValues
+from app.alerts.messages import email_html, subject_line
+from app.connectors.smtp import open_smtp
+from app.connectors.store import load_connector
+from app.crypto import SecretsVault
+from app.models import Notification, Role, User
+
+HTTP_TIMEOUT = (5, 10)  # connect, read
+COLOURS = {"error": "C62828", "warning": "EF6C00", "info": "2E7D32"}
+
+
+class DeliveryFailed(Exception):
+    """The channel did not take the alert; the message says why (no secrets)."""
+
+
+def deliver(db: Session, vault: SecretsVault, channel: ChannelValues, payload: dict) -> list[int]:
+    """Send ``payload`` through ``channel``; return the users notified in-app (else [])."""
+    if channel.kind == "email":
+        send_email(db, vault, channel.values, payload)
+    elif channel.kind == "in_app":
+        return notify_users(db, channel.values, payload)
+    else:
+        body = {"slack": slack_body, "teams": teams_body, "webhook": webhook_body}[channel.kind]
+        post_json(channel.values, body(payload))
+    return []
+
+
+def send_email(db: Session, vault: SecretsVault, values: dict, payload: dict) -> None:
+    try:
+        relay = load_connector(db, vault, values.get("connector") or "").values
+    except (LookupError, ValueError) as error:
+        raise DeliveryFailed(str(error)) from None
+    message = EmailMessage()
+    message["From"] = relay["sender"]
+    message["To"] = ", ".join(values.get("to") or [])
+    message["Subject"] = subject_line(payload)
+    message.set_content(payload["text"])
+    message.add_alternative(email_html(payload), subtype="html")
+    try:
+        with open_smtp(relay) as smtp:
+            smtp.send_message(message)
+    except (OSError, smtplib.SMTPException) as error:
+        where = f"{relay.get('host')}:{relay.get('port', 587)}"
+        raise DeliveryFailed(f"email through {where}: {type(error).__name__}: {error}") from None
+
+
+def post_json(values: dict, body: dict) -> None:
+    url = values.get("url") or ""
+    headers = {"Content-Type": "application/json", **(values.get("headers") or {})}
+    host = urlsplit(url).netloc.rpartition("@")[2] or "the webhook"
+    try:
+        response = requests.post(url, json=body, headers=headers, timeout=HTTP_TIMEOUT)
+    except requests.RequestException as error:
+        raise DeliveryFailed(f"POST to {host}: {type(error).__name__}") from None
+    if not 200 <= response.status_code < 300:
+        raise DeliveryFailed(f"POST to {host}: HTTP {response.status_code}")
+
+
+def _facts(payload: dict) -> list[tuple[str, str]]:
+    facts = [("Job", payload["job"])]
+    if payload.get("run_id"):
+        facts.append(("Run", f"#{payload['run_id']}"))
+    facts += [("State", payload["state"]), ("Why", payload["why"])]
+    failing = payload.get("failing_step")
+    if failing:
+        facts.append(("Failing step", f"{failing['name']}: {failing['error']}"))
+    if payload.get("grouped"):
+        facts.append(("Grouped", f"+{payload['grouped']} similar since {payload['grouped_since']}"))
+    return facts
+
+
+def slack_body(payload: dict) -> dict[str, Any]:
+    """A Slack incoming-webhook message: ``text`` for notifications, ``blocks`` to read."""
+    title = subject_line(payload)
+    fields = [{"type": "mrkdwn", "text": f"*{k}*\n{v}"[:2000]} for k, v in _facts(payload)]
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*<{payload['url']}|{title}>*"}},
+        {"type": "section", "fields": fields[:10]},
+    ]
+    if payload.get("last_lines"):
+        tail = "\n".join(payload["last_lines"])[-2900:]
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"```{tail}```"}})
+    return {"text": f"{title} {payload['url']}", "blocks": blocks}
+
+
+def teams_body(payload: dict) -> dict[str, Any]:
+    """A Microsoft Teams MessageCard (incoming webhooks and workflow connectors read it)."""
+    section: dict[str, Any] = {
+        "activityTitle": payload["title"],
+        "facts": [{"name": k, "value": v} for k, v in _facts(payload)],
+    }
+    if payload.get("last_lines"):
+        section["text"] = "<pre>" + "\n".join(payload["last_lines"]) + "</pre>"
+    return {
+        "@type": "MessageCard",
+        "@context": "https://schema.org/extensions",
+        "summary": subject_line(payload),
+        "themeColor": COLOURS.get(payload.get("level", "info"), COLOURS["info"]),
+        "title": subject_line(payload),
+        "sections": [section],
+        "potentialAction": [
+            {
+                "@type": "OpenUri",
+                "name": "Open in Nomaflow",
+                "targets": [{"os": "default", "uri": payload["url"]}],
+            }
+        ],
+    }
+
+
+def webhook_body(payload: dict) -> dict[str, Any]:
+    """The generic JSON document: stable names a receiving script can rely on."""
+    failing = payload.get("failing_step")
+    return {
+        "job": payload["job"],
+        "run_id": payload["run_id"],
+        "url": payload["url"],
+        "state": payload["state"],
+        "rule": payload["rule"],
+        "reason": payload["why"],
+        "run_reason": payload.get("reason") or None,
+        "title": subject_line(payload),
+        "message": payload["text"],
+        "failing_step": failing["name"] if failing else None,
+        "error": failing["error"] if failing else None,
+        "last_lines": payload.get("last_lines") or [],
+        "grouped": payload.get("grouped", 0),
+    }
+
+
+def notify_users(db: Session, values: dict, payload: dict) -> list[int]:
+    """Add one Notification per active user of the channel's roles; return their ids."""
+    roles = values.get("roles") or []
+    user_ids = list(
+        db.scalars(
+            sa.select(User.id)
+            .join(Role, Role.id == User.role_id)
+            .where(Role.name.in_(roles), User.active.is_(True))
+            .order_by(User.id)
+        )
+    )
+    for user_id in user_ids:
+        db.add(
+            Notification(
+                user_id=user_id,
+                job_id=payload["job"],
+                run_id=payload["run_id"],
+                level=payload.get("level", "info"),
+                title=subject_line(payload).removeprefix("[Nomaflow] ")[:255],
+                body=payload["text"],
+            )
+        )
+    return user_ids

@@ -1,0 +1,226 @@
+"""Roles: admins shape them; a role limited to job tags sees and runs only its team's jobs."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from app.db import get_database, utcnow
+from app.engine.signals import run_changed
+from app.live import socketio, start_live_push, stop_live_push
+from app.models import AuditEvent, Role, Run, User
+from tests.conftest import PASSWORD, csrf_token, sign_in
+from tests.engine_helpers import make_job
+from tests.test_editor import new_job_form
+from tests.test_history import add_runs
+
+
+def make_role(admin, name: str, permissions: list[str], tags: str = ""):
+    data = {
+        "name": name,
+        "description": f"{name} people",
+        "permissions": permissions,
+        "job_tags": tags,
+        "csrf_token": csrf_token(admin, "/admin/roles"),
+    }
+    return admin.post("/admin/roles", data=data)
+
+
+def make_member(app, admin, username: str, role: str):
+    data = {
+        "username": username,
+        "role": role,
+        "password": PASSWORD,
+        "csrf_token": csrf_token(admin, "/admin/users"),
+    }
+    assert admin.post("/admin/users", data=data).status_code == 200
+    member = app.test_client()
+    assert sign_in(member, username).status_code == 302
+    return member
+
+
+def role_id(app, name: str) -> int:
+    with get_database(app).session_scope() as db:
+        return db.scalar(sa.select(Role.id).where(Role.name == name))
+
+
+@pytest.fixture
+def teams(app, as_user):
+    """Two teams' jobs with runs, and dana, whose role sees only jobs tagged team-data."""
+    admin = as_user("ada")
+    assert make_role(admin, "data-team", ["job:view", "job:run"], "team-data").status_code == 302
+    make_job(app, "data-load", tags=["team-data", "nightly"], schedule="0 * * * *")
+    make_job(app, "ops-backup", tags=["ops"], schedule="30 * * * *")
+    now = utcnow()
+    runs = add_runs(
+        app,
+        [
+            {"job": "data-load", "state": "FAILED", "queued_at": now - timedelta(hours=1)},
+            {"job": "ops-backup", "state": "FAILED", "queued_at": now - timedelta(hours=1)},
+            {"job": "ops-backup", "state": "RUNNING", "queued_at": now, "started_at": now},
+        ],
+    )
+    dana = make_member(app, admin, "dana", "data-team")
+    return {
+        "admin": admin,
+        "dana": dana,
+        "data_run": runs[0],
+        "ops_run": runs[1],
+        "ops_running": runs[2],
+    }
+
+
+def test_a_team_role_sees_only_its_jobs_everywhere(teams):
+    dana = teams["dana"]
+    for path in ("/jobs", "/runs", "/", "/schedule"):
+        page = dana.get(path).get_data(as_text=True)
+        assert "data-load" in page, path
+        assert "ops-backup" not in page, path
+    runs_page = dana.get("/runs").get_data(as_text=True)
+    assert f'href="/runs/{teams["data_run"]}"' in runs_page
+    assert f'href="/runs/{teams["ops_run"]}"' not in runs_page
+    assert "ops-backup" not in dana.get("/runs?state=FAILED").get_data(as_text=True)
+    # another team's run, log, run form and presets answer 404, as if they did not exist
+    ops_run = teams["ops_run"]
+    for path in (f"/runs/{ops_run}", f"/runs/{ops_run}/log.txt", f"/runs/{ops_run}/actions",
+                 "/jobs/ops-backup/run", "/jobs/ops-backup/row"):  # fmt: skip
+        assert dana.get(path).status_code == 404, path
+    assert dana.get(f"/runs/{teams['data_run']}").status_code == 200
+    assert dana.get(f"/runs/{teams['data_run']}/log.txt").status_code == 200
+    # the admin still sees both teams
+    admin_runs = teams["admin"].get("/runs").get_data(as_text=True)
+    assert "ops-backup" in admin_runs and "data-load" in admin_runs
+
+
+def test_a_team_member_cannot_trigger_abort_or_replay_another_teams_job(app, teams):
+    dana = teams["dana"]
+    token = csrf_token(dana, "/jobs")
+    with get_database(app).session_scope() as db:
+        before = db.scalar(sa.select(sa.func.count()).select_from(Run))
+    ops_run = teams["ops_run"]
+    for path in ("/jobs/ops-backup/run-now", "/jobs/ops-backup/run",
+                 f"/runs/{ops_run}/replay", f"/runs/{teams['ops_running']}/abort"):  # fmt: skip
+        assert dana.post(path, data={"csrf_token": token}).status_code == 404, path
+    # nor through the row of a job of its own
+    cancel = f"/jobs/data-load/runs/{teams['ops_running']}/cancel"
+    assert dana.post(cancel, data={"csrf_token": token}).status_code == 404
+    with get_database(app).session_scope() as db:
+        assert db.scalar(sa.select(sa.func.count()).select_from(Run)) == before
+        assert db.get(Run, teams["ops_running"]).cancel_requested_at is None
+    started = dana.post("/jobs/data-load/run-now", data={"csrf_token": token})
+    assert started.status_code == 302 and started.headers["Location"].startswith("/runs/")
+
+
+def test_a_team_editor_keeps_jobs_in_the_team(app, as_user):
+    admin = as_user("ada")
+    make_role(admin, "data-editors", ["job:view", "job:edit", "python:edit"], "team-data")
+    make_job(app, "ops-backup", tags=["ops"])
+    editor = make_member(app, admin, "erin", "data-editors")
+    assert editor.get("/jobs/ops-backup/edit").status_code == 404
+    assert editor.get("/jobs/ops-backup/versions").status_code == 404
+    assert editor.get("/jobs/new?duplicate=ops-backup").status_code == 404
+    form = new_job_form(editor, id="stray", tags="ops")
+    refused = editor.post("/jobs/new", data=form)
+    assert refused.status_code == 422
+    assert "your role may only edit jobs tagged team-data" in refused.get_data(as_text=True)
+    created = editor.post("/jobs/new", data={**form, "id": "mine", "tags": "team-data, etl"})
+    assert created.status_code == 302
+    assert "mine" in editor.get("/jobs").get_data(as_text=True)
+
+
+def test_roles_page_lists_permissions_and_limits_and_new_roles_reach_the_users_page(app, as_user):
+    admin = as_user("ada")
+    assert make_role(admin, "auditors", ["job:view"], "finance, team-data").status_code == 302
+    roles_page = admin.get("/admin/roles").get_data(as_text=True)
+    rid = role_id(app, "auditors")
+    row = roles_page.split(f'id="role-{rid}"')[1].split("</tr>")[0]
+    assert "job:view" in row and "finance" in row and "team-data" in row
+    assert "all jobs" in roles_page.split('id="role-1"')[1].split("</tr>")[0]  # admin
+    assert '<option value="auditors"' in admin.get("/admin/users").get_data(as_text=True)
+    bad = make_role(admin, "auditors", ["job:view"])
+    assert bad.status_code == 422 and "already exists" in bad.get_data(as_text=True)
+    edit = {"description": "", "permissions": ["job:view", "job:run"], "job_tags": "",
+            "csrf_token": csrf_token(admin, f"/admin/roles/{rid}")}  # fmt: skip
+    assert admin.post(f"/admin/roles/{rid}", data=edit).status_code == 302
+    with get_database(app).session_scope() as db:
+        role = db.get(Role, rid)
+        assert role.permissions == ["job:view", "job:run"] and role.job_tags is None
+        actions = db.scalars(
+            sa.select(AuditEvent.action).where(AuditEvent.target_id == "auditors")
+        ).all()
+    assert actions == ["role.create", "role.update"]
+
+
+def test_the_admin_role_cannot_lose_user_admin(app, as_user):
+    admin = as_user("ada")
+    rid = role_id(app, "admin")
+    form = {"permissions": ["job:view", "settings:admin"], "job_tags": "",
+            "csrf_token": csrf_token(admin, f"/admin/roles/{rid}")}  # fmt: skip
+    refused = admin.post(f"/admin/roles/{rid}", data=form)
+    assert refused.status_code == 422
+    assert 'id="role-permissions-error"' in refused.get_data(as_text=True)
+    with get_database(app).session_scope() as db:
+        assert "user:admin" in db.get(Role, rid).permissions
+    assert admin.get("/admin/roles").status_code == 200  # still an administrator
+
+
+def test_deleting_a_role_in_use_is_refused_until_nobody_has_it(app, as_user):
+    admin = as_user("ada")
+    make_role(admin, "temps", ["job:view"])
+    rid = role_id(app, "temps")
+    make_member(app, admin, "tom", "temps")
+    token = csrf_token(admin, "/admin/roles")
+    refused = admin.post(f"/admin/roles/{rid}/delete", data={"csrf_token": token})
+    assert refused.status_code == 409
+    assert "temps is still given to tom" in refused.get_data(as_text=True)
+    viewer = role_id(app, "viewer")
+    builtin = admin.post(f"/admin/roles/{viewer}/delete", data={"csrf_token": token})
+    assert builtin.status_code == 409
+    with get_database(app).session_scope() as db:
+        tom = db.scalar(sa.select(User).where(User.username == "tom"))
+        tom.role_id = viewer
+    assert admin.post(f"/admin/roles/{rid}/delete", data={"csrf_token": token}).status_code == 302
+    assert role_id(app, "temps") is None
+    assert "role.delete" in admin.get("/admin/audit?action=role.delete").get_data(as_text=True)
+
+
+def test_viewers_cannot_open_the_roles_page(as_user):
+    vera = as_user("vera")
+    assert vera.get("/admin/roles").status_code == 403
+    assert make_role(vera, "sneaky", ["user:admin"]).status_code == 403
+
+
+def test_a_team_member_joins_only_its_rooms_and_gets_only_its_rows(app, teams):
+    live = socketio.test_client(app, flask_test_client=teams["dana"])
+    refused = {"ok": False, "error": "not found"}
+    assert live.emit("join", f"run:{teams['ops_run']}", callback=True) == refused
+    assert live.emit("join", "job:ops-backup", callback=True) == refused
+    assert live.emit("join", f"run:{teams['data_run']}", callback=True)["ok"] is True
+    assert live.emit("join", "runs", callback=True)["ok"] is True
+    start_live_push(app)
+    try:
+        ops_new, data_new = add_runs(
+            app, [{"job": "ops-backup", "state": "QUEUED"}, {"job": "data-load", "state": "QUEUED"}]
+        )
+        run_changed.send(ops_new)
+        run_changed.send(data_new)
+        fragments = fragments_until(live, f"run-{data_new}-row")
+    finally:
+        stop_live_push(app)
+        live.disconnect()
+    # pushes keep their order: the other team's row, pushed first, would have come first
+    assert not any(f"run-{ops_new}-row" in html for html in fragments)
+
+
+def fragments_until(live, marker: str, timeout: float = 5) -> list[str]:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen += [m["args"][0] for m in live.get_received() if m["name"] == "fragment"]
+        if any(marker in html for html in seen):
+            return seen
+        time.sleep(0.02)
+    raise AssertionError(f"no fragment with {marker}")
