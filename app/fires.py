@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.orm import Session
 
 from app.models import Job
@@ -220,11 +221,19 @@ def next_fires(
     while heap and len(fires) < count:
         _, job_id, at, kind, job = heapq.heappop(heap)
         fires.append(Fire(job_id, at.astimezone(now.tzinfo), kind))
-        trigger = triggers.get(job)
-        following = next_fire_times(trigger, 1, after=at) if trigger else []
+        following = _fire_after(triggers.get(job), at)
         if following and following[0] <= end:
             heapq.heappush(heap, (following[0].timestamp(), job_id, following[0], kind, job))
     return fires
+
+
+def _fire_after(trigger: BaseTrigger | None, at: datetime) -> list[datetime]:
+    """The fire that follows ``at``: an interval steps on from ``at`` itself (the clock's stored
+    time), not from when this page built its trigger, or one job would show two fires a few
+    seconds apart."""
+    if isinstance(trigger, IntervalTrigger):
+        return [at + trigger.interval]
+    return next_fire_times(trigger, 1, after=at) if trigger else []
 
 
 def hours_of(plan: FirePlan, zone, names: int = NAMES_PER_HOUR) -> dict[date, list[HourSlot]]:

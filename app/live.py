@@ -30,6 +30,7 @@ socketio = SocketIO()
 
 ROOM_PATTERN = re.compile(r"^(runs|jobs|job:[A-Za-z0-9._-]{1,100}|run:\d{1,19}|user:\d{1,19})$")
 BACKLOG_LIMIT = 20_000
+LIST_ROOMS = ("runs", "jobs")  # one copy per tag-limited role: room_for
 PUSH_EXTENSION = "nomaflow.live_push"
 
 
@@ -74,7 +75,7 @@ def on_join(request):
     if not may_see_room(current_user, room):
         return {"ok": False, "error": "not found"}  # as the pages answer: 404, not 403
     try:
-        join_room(runs_room(current_user) if room == "runs" else room)
+        join_room(room_for(current_user, room) if room in LIST_ROOMS else room)
     except ValueError:  # the page went away before its join was handled
         return {"ok": False, "error": "disconnected"}
     if room.startswith("run:") and isinstance(after, int):
@@ -93,8 +94,8 @@ def on_join(request):
 
 def may_see_room(user, room: str) -> bool:
     """May a user whose role is limited to some job tags watch this room? (Others: yes.)"""
-    if restricted_tags(user) is None or room in ("runs", "jobs"):
-        return True  # jobs: refresh elements name a job id only; its row answers 404
+    if restricted_tags(user) is None or room in LIST_ROOMS:
+        return True  # a list room: limited roles join their own copy of it (room_for)
     kind, _, key = room.partition(":")
     with get_database().session_scope() as db:
         job_id = (
@@ -103,27 +104,31 @@ def may_see_room(user, room: str) -> bool:
         return may_see_job(user, db.get(Job, job_id) if job_id else None)
 
 
-def runs_room(user) -> str:
-    """The ``runs`` room this user joins: limited roles get one of their own (``runs:role:7``),
-    fed only the rows of their jobs, so a shared push never shows them another team's run."""
-    return "runs" if restricted_tags(user) is None else f"runs:role:{user.role_id}"
+def room_for(user, base: str) -> str:
+    """The copy of a list room (``runs``, ``jobs``) this user joins: limited roles get one of
+    their own (``runs:role:7``), fed only their jobs' items, so a shared push never names
+    another team's job or run to them."""
+    return base if restricted_tags(user) is None else f"{base}:role:{user.role_id}"
 
 
-def runs_rooms_for_job(db, job_id: str) -> list[str]:
-    """The rooms a row of this job goes to: ``runs`` and every limited role that sees it."""
-    job = db.get(Job, job_id)
-    tags = set(job.tags or ()) if job is not None else set()
-    limited = db.execute(sa.select(Role.id, Role.job_tags)).all()  # a handful of rows
-    return ["runs"] + [
-        f"runs:role:{rid}" for rid, allowed in limited if allowed and tags & set(allowed)
-    ]
+def rooms_for_jobs(db, job_ids, base: str) -> dict[str, list[str]]:
+    """The job ids each copy of a list room gets: ``base`` all of them, every limited role's
+    copy those it may see; copies that would get none are left out."""
+    ids = list(dict.fromkeys(job_ids))
+    tags = dict(db.execute(sa.select(Job.id, Job.tags).where(Job.id.in_(ids))).all())
+    rooms = {base: ids} if ids else {}
+    for role_id, allowed in db.execute(sa.select(Role.id, Role.job_tags)).all():  # a handful
+        seen = [i for i in ids if allowed and set(tags.get(i) or ()) & set(allowed)]
+        if seen:
+            rooms[f"{base}:role:{role_id}"] = seen
+    return rooms
 
 
-def watched_runs_rooms() -> bool:
-    """Does a browser of this process watch ``runs`` or a limited role's copy of it?"""
+def watched_list_room(base: str) -> bool:
+    """Does a browser of this process watch the list room ``base`` or a limited role's copy?"""
     rooms = list(socketio.server.manager.rooms.get("/", {}).items())  # other threads join
     return any(
-        sids and isinstance(name, str) and (name == "runs" or name.startswith("runs:role:"))
+        sids and isinstance(name, str) and (name == base or name.startswith(f"{base}:role:"))
         for name, sids in rooms
     )
 

@@ -3,10 +3,11 @@
 A row's buttons depend on who looks, so the ``jobs`` room is not sent rows: it is sent a tiny
 ``jobs/_row_refresh.html`` element per job, swapped out-of-band into the row, whose
 ``hx-trigger="load"`` makes each browser GET ``/jobs/<id>/row`` with its own permissions. A
-page without that row drops the element (static/js/live.js), and a role limited to tags gets
-404 for a job it may not see, so the element only ever carries the job id. At most one push per
-job per second: a burst of step changes becomes one refetch, and the last change is never lost
-(a push is delayed, not dropped).
+page without that row drops the element (static/js/live.js). A role limited to tags watches its
+own copy of the room (``jobs:role:<id>``, app.live.room_for), sent only its jobs' elements, so
+it never learns another team's job ids. At most one push per job per second: a burst of step
+changes becomes one refetch, and the last change is never lost (a push is delayed, not
+dropped).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from flask import Flask, render_template
 
 from app.db import get_database
 from app.engine.signals import run_changed, run_queued
-from app.live import push_fragment, socketio
+from app.live import push_fragment, rooms_for_jobs, watched_list_room
 from app.models import Run
 
 log = logging.getLogger(__name__)
@@ -88,14 +89,20 @@ class CataloguePusher:
         for job_id in ready:
             del self.due[job_id]
             self.last_push[job_id] = now
+        with self.database.session_scope() as db:
+            rooms = rooms_for_jobs(db, ready, ROOM)  # limited roles: their jobs only
         with self.app.test_request_context("/"):
-            html = render_template("jobs/_row_refresh.html", job_ids=ready)
-        push_fragment(html, ROOM)
+            pushes = {
+                room: render_template("jobs/_row_refresh.html", job_ids=job_ids)
+                for room, job_ids in rooms.items()
+            }
+        for room, html in pushes.items():  # one emit per room
+            push_fragment(html, room)
 
     def _watched(self) -> bool:
         if self.app.config["NOMAFLOW"].redis_url:
             return True  # the browsers of other replicas are not known here
-        return bool(socketio.server.manager.rooms.get("/", {}).get(ROOM))
+        return watched_list_room(ROOM)
 
 
 def start_catalogue_push(app: Flask) -> None:

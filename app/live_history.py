@@ -19,7 +19,7 @@ from flask import Flask, render_template
 
 from app.db import get_database
 from app.engine.signals import run_changed, run_queued
-from app.live import push_fragment, runs_rooms_for_job, watched_runs_rooms
+from app.live import push_fragment, rooms_for_jobs, watched_list_room
 from app.models import Run
 from app.run_history import history_row, newest_page_floor
 
@@ -69,7 +69,7 @@ class HistoryPusher:
     def _watched(self) -> bool:
         if self.app.config["NOMAFLOW"].redis_url:
             return True  # the browsers of other replicas are not known here
-        return watched_runs_rooms()
+        return watched_list_room("runs")
 
     def _push(self, run_id: int) -> None:
         is_new = run_id > self.newest_seen
@@ -83,7 +83,7 @@ class HistoryPusher:
             if row is None:
                 return
             html = render_template("runs/_history_row.html", row=row, oob=not is_new)
-            rooms = runs_rooms_for_job(db, row.job_id)  # limited roles: only their jobs' rows
+            rooms = rooms_for_jobs(db, [row.job_id], "runs")  # limited roles: their jobs only
         if is_new:
             html = f'<tbody hx-swap-oob="afterbegin:#runs-unfiltered-tbody">{html}</tbody>'
         for room in rooms:

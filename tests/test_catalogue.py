@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -320,4 +320,14 @@ def test_next_fires_come_from_the_clocks_store_on_every_database(any_db_app):
     upcoming = client.get("/").get_data(as_text=True).split('id="dashboard-upcoming"')[1]
     assert upcoming.index("<code>every-hour</code>") < upcoming.index("</section>")
     assert f'datetime="{stored.isoformat()}"' in upcoming
+    hourly_fires = [  # then every hour from the stored time, not also from "now"
+        datetime.fromisoformat(moment)
+        for moment in re.findall(
+            r'<time datetime="([^"]+)"[^>]*>[^<]*</time> <code>every-hour</code>',
+            upcoming.split("</section>")[0],
+        )
+    ]
+    assert hourly_fires[0] == stored and len(hourly_fires) > 1
+    gaps = {b - a for a, b in zip(hourly_fires, hourly_fires[1:], strict=False)}
+    assert gaps == {timedelta(hours=1)}
     assert client.get("/schedule").status_code == 200

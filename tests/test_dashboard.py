@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+import pytest
+
 from app.db import utcnow
-from tests.engine_helpers import make_job
+from app.engine.service import start_runner, stop_runner
+from tests.engine_helpers import make_job, wait_for_run
 from tests.test_history import add_runs
+from tests.test_sql_query import add_sql_connector, query_step, trigger
 
 
 def test_dashboard_numbers_match_the_database(app, as_user):
@@ -44,6 +48,32 @@ def test_dashboard_numbers_match_the_database(app, as_user):
     assert section("upcoming").count("<code>alpha</code>") == 10  # hourly: the next ten
     assert "disabled" in section("heartbeat")  # tests never start the clock
     assert "none yet" not in section("heartbeat")  # the cron runs above are fires
+
+
+@pytest.fixture
+def runner(app):
+    started = start_runner(app)
+    yield started
+    stop_runner(app)  # closes the connector pools
+
+
+def test_the_pools_of_the_sql_connectors_a_job_used_show_with_their_use(
+    app, runner, as_user, tmp_path
+):
+    add_sql_connector(app, "warehouse", f"sqlite:///{tmp_path / 'warehouse.db'}")
+    otto = as_user("otto")
+    pools = lambda: otto.get("/").get_data(as_text=True).split('id="dashboard-pools"')[1]  # noqa: E731
+    assert "No SQL connector has been used by this process since it started" in pools()
+    make_job(app, "count", steps=[query_step("one", "SELECT 1", connector="warehouse")])
+    assert wait_for_run(app, trigger(app, "count").id)["state"] == "SUCCEEDED"
+    row = pools().split('id="dashboard-pool-warehouse"')[1].split("</tr>")[0]
+    figures = dict(re.findall(r'data-figure="([a-z-]+)">(\d+)', row))
+    assert figures == {"checked-out": "0", "size": "5", "overflow": "0"}  # SQLite's QueuePool
+    assert '<meter min="0" max="15" high="5" optimum="0" value="0">' in row  # 5 + 10 overflow
+    with runner.connectors.sql_engine("warehouse").connect():  # as a running step holds one
+        row = pools().split('id="dashboard-pool-warehouse"')[1].split("</tr>")[0]
+        assert 'data-figure="checked-out">1<' in row and 'value="1"' in row
+    assert 'id="dashboard-pools"' not in as_user("vera").get("/").get_data(as_text=True)
 
 
 def test_home_is_the_dashboard_and_nav_marks_it(as_user):

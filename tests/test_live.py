@@ -1,6 +1,14 @@
 """The Socket.IO channel: signed-in users only, authorised rooms, fragments reach the room."""
 
-from app.live import push_fragment, socketio
+import re
+from datetime import timedelta
+
+from app.db import utcnow
+from app.engine.signals import run_changed
+from app.live import push_fragment, socketio, start_live_push, stop_live_push
+from tests.engine_helpers import make_job
+from tests.test_history import add_runs
+from tests.test_roles import fragments_until
 
 
 def test_anonymous_socket_is_refused(app):
@@ -32,3 +40,24 @@ def test_a_fragment_reaches_only_the_room_it_is_for(app, as_user):
     assert [m for m in elsewhere.get_received() if m["name"] == "fragment"] == []
     watching.disconnect()
     elsewhere.disconnect()
+
+
+def test_a_pushed_run_header_and_the_history_say_when_in_relative_time(app, as_user):
+    started = utcnow() - timedelta(minutes=3)
+    make_job(app, "alpha")
+    (run_id,) = add_runs(app, [{"state": "RUNNING", "queued_at": started, "started_at": started}])
+    vera = as_user("vera")
+    live = socketio.test_client(app, flask_test_client=vera)
+    live.emit("join", f"run:{run_id}", callback=True)
+    start_live_push(app)
+    try:
+        run_changed.send(run_id)
+        header = fragments_until(live, f'id="run-{run_id}-header"')[-1]
+    finally:
+        stop_live_push(app)
+        live.disconnect()
+    relative = r'<time datetime="[^"]+" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC" data-relative>'
+    assert re.search(rf"<dt>Queued</dt><dd>{relative}3 min ago</time>", header)
+    assert re.search(rf"<dt>Started</dt><dd>{relative}3 min ago</time>", header)
+    row = vera.get("/runs").get_data(as_text=True).split(f'id="run-{run_id}-row"')[1]
+    assert re.search(rf"<td>{relative}3 min ago</time></td>", row.split("</tr>")[0])

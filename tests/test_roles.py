@@ -215,6 +215,31 @@ def test_a_team_member_joins_only_its_rooms_and_gets_only_its_rows(app, teams):
     assert not any(f"run-{ops_new}-row" in html for html in fragments)
 
 
+def test_a_team_member_watching_the_catalogue_is_told_only_of_its_jobs(app, teams, as_user):
+    from app.live_catalogue import start_catalogue_push, stop_catalogue_push
+
+    clients = {"dana": teams["dana"], "vera": as_user("vera")}  # vera sees every job
+    watchers = {name: socketio.test_client(app, flask_test_client=c) for name, c in clients.items()}
+    for live in watchers.values():
+        assert live.emit("join", "jobs", callback=True) == {"ok": True, "room": "jobs"}
+    start_catalogue_push(app)
+    try:
+        ops_new, data_new = add_runs(
+            app, [{"job": "ops-backup", "state": "QUEUED"}, {"job": "data-load", "state": "QUEUED"}]
+        )
+        run_changed.send(ops_new)
+        run_changed.send(data_new)
+        dana_saw = fragments_until(watchers["dana"], 'id="job-data-load-refresh"')
+        vera_saw = fragments_until(watchers["vera"], 'id="job-ops-backup-refresh"')
+    finally:
+        stop_catalogue_push(app)
+        for live in watchers.values():
+            live.disconnect()
+    # ops-backup's refresh went out first (vera saw it) and never to dana: not even its id
+    assert any("job-ops-backup-refresh" in html for html in vera_saw)
+    assert not any("ops-backup" in html for html in dana_saw)
+
+
 def fragments_until(live, marker: str, timeout: float = 5) -> list[str]:
     seen: list[str] = []
     deadline = time.monotonic() + timeout

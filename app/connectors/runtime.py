@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +17,42 @@ from app.db import Database
 
 class ConnectorInUseError(LookupError):
     """A step named a connector that does not exist or is of another kind."""
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """One SQL connector's connection pool in this process; None: its pool class cannot tell."""
+
+    name: str
+    pool: str  # the pool class, e.g. QueuePool
+    size: int | None  # connections kept open
+    checked_out: int | None  # in use by steps now
+    overflow: int | None  # opened beyond ``size``, in use or idle
+    max_overflow: int | None
+
+    @property
+    def capacity(self) -> int | None:
+        """The most connections the pool will hand out at once."""
+        return None if self.size is None else self.size + (self.max_overflow or 0)
+
+
+def pool_usage_of(name: str, pool: Any) -> PoolUsage:
+    """Read a SQLAlchemy pool's figures; SQLite's and other pools may lack some of them."""
+
+    def figure(attribute: str) -> int | None:
+        value = getattr(pool, attribute, None)
+        value = value() if callable(value) else value
+        return value if isinstance(value, int) else None
+
+    overflow = figure("overflow")  # QueuePool counts from -size: negative until it overflows
+    return PoolUsage(
+        name=name,
+        pool=type(pool).__name__,
+        size=figure("size"),
+        checked_out=figure("checkedout"),
+        overflow=None if overflow is None else max(0, overflow),
+        max_overflow=figure("_max_overflow"),  # QueuePool keeps it private; others: None
+    )
 
 
 class Connectors:
@@ -64,6 +101,12 @@ class Connectors:
         if held is not None:
             close(held[1])
         return client
+
+    def pool_usage(self) -> list[PoolUsage]:
+        """The pool of each SQL connector with an engine in this process, by name."""
+        with self._lock:
+            engines = {key[1]: held[1] for key, held in self._cache.items() if key[0] == "sql"}
+        return [pool_usage_of(name, engines[name].pool) for name in sorted(engines)]
 
     def dispose(self) -> None:
         with self._lock:

@@ -6,12 +6,14 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from app.alerts.service import start_alerts, stop_alerts
 from app.crypto import vault
 from app.db import get_database
 from app.engine import dispatch as doors
 from app.engine.chaining import start_chained_jobs
 from app.engine.runner import Runner
 from app.models import Run, User
+from app.settings_store import pool_size
 
 EXTENSION = "nomaflow.runner"
 
@@ -28,27 +30,22 @@ def start_runner(app: Flask, claim_queued: bool = True) -> Runner:
     """
     if app.extensions.get(EXTENSION) is None:
         settings = app.config["NOMAFLOW"]
-        from app.settings_store import pool_size  # env, nomaflow.toml, then the saved setting
-
         with get_database(app).session_scope() as db:
-            size = pool_size(db, settings).value
+            size = pool_size(db, settings).value  # env, nomaflow.toml, then the saved setting
         runner = Runner(get_database(app), vault(app), settings, size)
         runner.after_run_hooks.append(start_chained_jobs)  # [[jobs.then]]
+        # hooked before the runner starts: runs it finds INTERRUPTED at start alert too
+        start_alerts(app, runner, watch=claim_queued)  # after-run hook + long-run watcher
         app.extensions[EXTENSION] = runner
         runner.start(claim_queued)
-        from app.alerts.service import start_alerts  # loaded where a runner starts
-
-        start_alerts(app, runner, watch=claim_queued)  # after-run hook + long-run watcher
     return app.extensions[EXTENSION]
 
 
 def stop_runner(app: Flask) -> None:
     runner = app.extensions.get(EXTENSION)
     if runner is not None:
-        from app.alerts.service import stop_alerts
-
+        runner.stop()  # runs ending during the stop still alert, then the watcher goes
         stop_alerts(app)
-        runner.stop()
         app.extensions[EXTENSION] = None
 
 

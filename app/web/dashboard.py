@@ -16,8 +16,9 @@ from app.dashboard_data import (
     success_rates,
 )
 from app.db import utcnow
+from app.engine.service import EXTENSION as RUNNER
 from app.fires import next_fires
-from app.permissions import JOB_VIEW
+from app.permissions import CONNECTOR_VIEW, JOB_VIEW
 from app.scheduler import scheduler_role
 from app.visibility import visible_job_ids
 
@@ -46,7 +47,15 @@ def index():
         role=scheduler_role(current_app),
         queued=queue_depth(session, job_ids=visible),
         last_fire=last_scheduled_fire(session, job_ids=visible),
+        pools=sql_pools() if current_user.can(CONNECTOR_VIEW) else None,  # names connectors
+        runner_here=current_app.extensions.get(RUNNER) is not None,
     )
+
+
+def sql_pools() -> list:
+    """The connection pools of the SQL connectors this process's runner has used."""
+    runner = current_app.extensions.get(RUNNER)
+    return runner.connectors.pool_usage() if runner is not None else []
 
 
 @bp.get("/dashboard/running")

@@ -1,5 +1,7 @@
 """A person signs in with a real browser and sees the Jobs page go live."""
 
+import re
+
 from playwright.sync_api import Page, expect
 
 from tests.conftest import PASSWORD
@@ -54,6 +56,8 @@ def test_admin_changes_a_role_in_place_with_htmx(page: Page, live_server):
     problems = watch_console(page)
     sign_in(page, live_server, "ada")
     page.get_by_role("link", name="Admin").click()
+    expect(page).to_have_url(re.compile(r"/admin/users$"))
+    expect(page.locator("#live-indicator")).to_have_text("live")  # htmx has read the page
     with page.expect_response(lambda r: "/admin/users/" in r.url and r.request.method == "POST"):
         page.get_by_label("Role of vera").select_option("operator")  # htmx saves on change
     expect(page.get_by_label("Role of vera")).to_have_value("operator")
