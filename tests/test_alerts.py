@@ -261,8 +261,10 @@ def test_a_failed_delivery_is_logged_on_the_run_retried_and_never_changes_it(app
     assert wait_for_run(app, document["id"])["state"] == "FAILED"  # the run is as it ended
 
 
-def test_repeats_within_the_window_are_grouped_and_the_next_one_counts_them(make_app, receiver):
-    app = make_app(base_url=BASE_URL, alert_group_seconds="600")
+def test_repeats_within_the_window_are_grouped_counted_and_told_when_the_window_closes(
+    make_app, receiver
+):
+    app = make_app(base_url=BASE_URL, alert_group_seconds="600", alert_poll_seconds="1")
     start_runner(app)
     try:
         add_channel(app, "hook", "webhook", url=f"{receiver.url}/echo/hook")
@@ -272,7 +274,7 @@ def test_repeats_within_the_window_are_grouped_and_the_next_one_counts_them(make
         wait_until(lambda: len(events(app)) == 3)  # the third run's hook has recorded it
         assert [e.state for e in settled(app)] == ["SENT", "GROUPED", "GROUPED"]
         assert len(posted(receiver, "/echo/hook")) == 1
-        with get_database(app).session_scope() as db:  # ten minutes pass
+        with get_database(app).session_scope() as db:  # ten minutes pass (the watcher is slow)
             for event in db.scalars(sa.select(AlertEvent)):
                 event.created_at -= timedelta(minutes=11)
         fourth = run(app, "nightly")
@@ -280,8 +282,133 @@ def test_repeats_within_the_window_are_grouped_and_the_next_one_counts_them(make
         last = posted(receiver, "/echo/hook")[-1]
         assert last["run_id"] == fourth["id"] and last["grouped"] == 2
         assert "(+2 similar since " in last["title"]
+
+        fifth, sixth = run(app, "nightly"), run(app, "nightly")  # held back again...
+        wait_until(lambda: len(events(app)) == 6)
+        assert [e.state for e in events(app)][-2:] == ["GROUPED", "GROUPED"]
+        with get_database(app).session_scope() as db:  # ...and their window closes, quietly
+            for event in db.scalars(sa.select(AlertEvent).where(AlertEvent.id > 4)):
+                event.next_attempt_at -= timedelta(minutes=11)
+        wait_until(lambda: len(posted(receiver, "/echo/hook")) == 3, what="the digest")
+        digest = posted(receiver, "/echo/hook")[-1]  # the last held, counting the one before
+        assert digest["run_id"] == sixth["id"] and digest["grouped"] == 1
+        assert "(+1 similar since " in digest["title"] and fifth["id"] < sixth["id"]
+        assert [e.state for e in settled(app)][-2:] == ["GROUPED", "SENT"]
     finally:
         stop_runner(app)
+
+
+def test_a_new_failure_streak_is_told_even_within_the_grouping_window(make_app, receiver):
+    app = make_app(base_url=BASE_URL, alert_group_seconds="600")
+    start_runner(app)
+    try:
+        add_channel(app, "hook", "webhook", url=f"{receiver.url}/echo/hook")
+        failing_job(app, channels=["hook"], after_failures=3, on_recovery=True)
+        outcomes = [True, True, True, False, True, True, True]  # F F F S F F F
+        runs = [run(app, "nightly", fail=fail) for fail in outcomes]
+        wait_until(lambda: len(events(app)) == 3)
+        assert [e.state for e in settled(app)] == ["SENT"] * 3
+        received = [(p["rule"], p["run_id"]) for p in posted(receiver, "/echo/hook")]
+        assert received == [
+            ("failure", runs[2]["id"]),
+            ("recovery", runs[3]["id"]),
+            ("failure", runs[6]["id"]),  # failing again: said at once, not held back
+        ]
+    finally:
+        stop_runner(app)
+
+
+def test_in_app_alerts_reach_only_users_whose_role_may_see_the_job(app, runner):
+    from app.models import Role
+
+    with get_database(app).session_scope() as db:  # operators work on team-data jobs only
+        db.scalar(sa.select(Role).where(Role.name == "operator")).job_tags = ["team-data"]
+    add_channel(app, "bell", "in_app", roles=["operator", "admin"])
+    steps = [python_step("load", FAILING_CODE)]
+    alerts = {"channels": ["bell"], "on_failure": True}
+    make_job(app, "team-job", steps, alerts=alerts, tags=["team-data"])
+    make_job(app, "finance-job", steps, alerts=alerts, tags=["finance"])
+
+    ours, theirs = run(app, "team-job"), run(app, "finance-job")
+    wait_until(lambda: len(events(app)) == 2)
+    assert {e.state for e in settled(app)} == {"SENT"}
+    with get_database(app).session_scope() as db:
+        notified = db.execute(
+            sa.select(Notification.run_id, User.username).join(User).order_by(Notification.id)
+        ).all()
+    assert sorted(notified) == sorted(
+        [(ours["id"], "ada"), (ours["id"], "otto"), (theirs["id"], "ada")]
+    )
+
+
+HOSTILE_CODE = """
+ctx.log.info("<!channel> look <b>x</b> & <https://evil.example|Open run>")
+raise RuntimeError("<!channel> <b>x</b> & <https://evil.example|Open run>")
+"""
+
+
+def test_slack_and_teams_show_run_text_as_text(app, runner, receiver):
+    add_channel(app, "chat", "slack", url=f"{receiver.url}/echo/slack")
+    add_channel(app, "teams", "teams", url=f"{receiver.url}/echo/teams")
+    alerts = {"channels": ["chat", "teams"], "on_failure": True}
+    make_job(app, "nightly", [python_step("load", HOSTILE_CODE)], alerts=alerts)
+
+    document = run(app, "nightly")
+    assert {e.state for e in settled(app)} == {"SENT"}
+
+    (slack,) = posted(receiver, "/echo/slack")
+    blocks = json.dumps(slack["blocks"])
+    assert "<!channel>" not in blocks and "<https://evil" not in blocks and "<b>" not in blocks
+    assert "&lt;!channel&gt; &lt;b&gt;x&lt;/b&gt; &amp; &lt;https://evil.example|Open run&gt;" in (
+        blocks
+    )
+    assert f"<{BASE_URL}/runs/{document['id']}|" in slack["blocks"][0]["text"]["text"]  # ours
+    (teams,) = posted(receiver, "/echo/teams")
+    section = teams["sections"][0]
+    assert "<b>" not in json.dumps(teams) and section["text"].startswith("<pre>")
+    assert (
+        "look &lt;b&gt;x&lt;/b&gt; &amp; &lt;https://evil.example|Open run&gt;" in (section["text"])
+    )
+    failing = next(f["value"] for f in section["facts"] if f["name"] == "Failing step")
+    assert failing == "load: RuntimeError: &lt;!channel&gt; &lt;b&gt;x&lt;/b&gt; &amp; " + (
+        "&lt;https://evil.example|Open run&gt;"
+    )
+
+
+def test_an_email_subject_is_one_line_however_the_template_breaks_it(app, runner, smtp_sink):
+    sink, port = smtp_sink
+    with app.app_context(), get_database(app).session_scope() as db:
+        from app.connectors.store import save_connector
+
+        relay = {"host": "127.0.0.1", "port": port, "tls": "none", "sender": "nf@example.org"}
+        save_connector(db, vault(app), "mail", "smtp", relay)
+    add_channel(app, "ops-mail", "email", connector="mail", to=["ops@example.org"])
+    subject = "{{ job.id }}\n  failed:\r\n\t{{ run.state }} " + "z" * 300
+    failing_job(app, channels=["ops-mail"], on_failure=True, subject=subject)
+
+    run(app, "nightly")
+
+    assert [e.state for e in settled(app)] == ["SENT"]
+    (mail,) = wait_until(lambda: sink.messages, what="the email")
+    assert mail["Subject"].startswith("[Nomaflow] nightly failed: FAILED zzz")
+    assert len(mail["Subject"]) == 200 and mail["Subject"].endswith("z…")
+
+
+def test_the_api_refuses_a_job_naming_an_alert_channel_that_does_not_exist(app):
+    from app.tokens import create_token
+
+    with get_database(app).session_scope() as db:
+        ada = db.scalar(sa.select(User).where(User.username == "ada"))
+        headers = {"Authorization": f"Bearer {create_token(db, ada, 'tests').secret}"}
+    add_channel(app, "hook", "webhook", url="https://hooks.example.org/x")
+    job = {"id": "nightly", "steps": [python_step("load", "ctx.log.info('hi')")]}
+    api = app.test_client()
+    body = {**job, "alerts": {"channels": ["hook", "nope"]}}
+    refused = api.post("/api/v1/jobs", json=body, headers=headers)
+    assert refused.status_code == 422
+    assert refused.get_json()["fields"]["alerts.channels"] == "no channel named 'nope'"
+    body = {**job, "alerts": {"channels": ["hook"]}}
+    assert api.post("/api/v1/jobs", json=body, headers=headers).status_code == 201
 
 
 def test_an_in_app_channel_notifies_the_users_of_its_roles_live(app, runner, as_user):
@@ -391,6 +518,11 @@ def test_channels_are_managed_in_settings_with_write_only_secrets_and_send_test(
     assert "The alerts of nightly name" in confirm
     assert ada.post("/settings/channels/team/delete", data={"csrf_token": token}).status_code == 302
     assert "No channels yet" in ada.get("/settings/channels").get_data(as_text=True)
+    stale = ada.post("/jobs/nightly/edit", data=fields)  # the form still ticks the deleted one
+    assert stale.status_code == 422
+    assert 'id="job-alerts-channels-error" role="alert">no channel named &#39;team&#39;<' in (
+        stale.get_data(as_text=True)
+    )
 
 
 CHANNELS_FILE = """

@@ -1,11 +1,13 @@
 """Deliver one alert payload to one channel: email, Slack, Teams, a generic webhook, or in-app.
 
 Each function raises DeliveryFailed with a reason that never holds a secret (webhook URLs are
-secrets: the reason names the host at most).
+secrets: the reason names the host at most). What comes from a run (job data, errors, log
+lines, rendered templates) is escaped for each receiver: Slack's ``& < >``, Teams' HTML.
 """
 
 from __future__ import annotations
 
+import html
 import smtplib
 from email.message import EmailMessage
 from typing import Any
@@ -20,7 +22,8 @@ from app.alerts.messages import email_html, subject_line
 from app.connectors.smtp import open_smtp
 from app.connectors.store import load_connector
 from app.crypto import SecretsVault
-from app.models import Notification, Role, User
+from app.models import Job, Notification, Role, User
+from app.visibility import may_see_tags
 
 HTTP_TIMEOUT = (5, 10)  # connect, read
 COLOURS = {"error": "C62828", "warning": "EF6C00", "info": "2E7D32"}
@@ -86,34 +89,45 @@ def _facts(payload: dict) -> list[tuple[str, str]]:
     return facts
 
 
+def slack_text(text: Any) -> str:
+    """Escape text for Slack mrkdwn, so ``<!channel>`` or ``<url|label>`` in it stay text."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_body(payload: dict) -> dict[str, Any]:
     """A Slack incoming-webhook message: ``text`` for notifications, ``blocks`` to read."""
-    title = subject_line(payload)
-    fields = [{"type": "mrkdwn", "text": f"*{k}*\n{v}"[:2000]} for k, v in _facts(payload)]
+    title = slack_text(subject_line(payload))
+    fields = [
+        {"type": "mrkdwn", "text": f"*{k}*\n{slack_text(str(v)[:1900])}"[:2000]}
+        for k, v in _facts(payload)
+    ]
+    link = f"*<{payload['url']}|{title}>*"
     blocks: list[dict[str, Any]] = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*<{payload['url']}|{title}>*"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": link}},
         {"type": "section", "fields": fields[:10]},
     ]
     if payload.get("last_lines"):
-        tail = "\n".join(payload["last_lines"])[-2900:]
+        tail = slack_text("\n".join(payload["last_lines"]))
+        if len(tail) > 2900:  # Slack takes 3000 characters: keep the last whole lines
+            tail = tail[-2900:].partition("\n")[2]
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"```{tail}```"}})
     return {"text": f"{title} {payload['url']}", "blocks": blocks}
 
 
 def teams_body(payload: dict) -> dict[str, Any]:
     """A Microsoft Teams MessageCard (incoming webhooks and workflow connectors read it)."""
-    section: dict[str, Any] = {
-        "activityTitle": payload["title"],
-        "facts": [{"name": k, "value": v} for k, v in _facts(payload)],
+    section: dict[str, Any] = {  # Teams reads HTML in these: every value is escaped
+        "activityTitle": html.escape(payload["title"]),
+        "facts": [{"name": k, "value": html.escape(str(v))} for k, v in _facts(payload)],
     }
     if payload.get("last_lines"):
-        section["text"] = "<pre>" + "\n".join(payload["last_lines"]) + "</pre>"
+        section["text"] = "<pre>" + html.escape("\n".join(payload["last_lines"])) + "</pre>"
     return {
         "@type": "MessageCard",
         "@context": "https://schema.org/extensions",
         "summary": subject_line(payload),
         "themeColor": COLOURS.get(payload.get("level", "info"), COLOURS["info"]),
-        "title": subject_line(payload),
+        "title": html.escape(subject_line(payload)),
         "sections": [section],
         "potentialAction": [
             {
@@ -146,16 +160,19 @@ def webhook_body(payload: dict) -> dict[str, Any]:
 
 
 def notify_users(db: Session, values: dict, payload: dict) -> list[int]:
-    """Add one Notification per active user of the channel's roles; return their ids."""
+    """Add one Notification per active user of the channel's roles who may see the job (a role
+    limited to tags hears only of its jobs); return their ids."""
     roles = values.get("roles") or []
-    user_ids = list(
-        db.scalars(
-            sa.select(User.id)
-            .join(Role, Role.id == User.role_id)
-            .where(Role.name.in_(roles), User.active.is_(True))
-            .order_by(User.id)
-        )
+    job = db.get(Job, payload["job"])
+    tags = job.tags if job is not None else payload.get("tags")
+    users = db.scalars(
+        sa.select(User)
+        .join(Role, Role.id == User.role_id)
+        .where(Role.name.in_(roles), User.active.is_(True))
+        .order_by(User.id)
     )
+    test = payload.get("rule") == "test"  # a channel's test alert tells of no job
+    user_ids = [user.id for user in users if test or may_see_tags(user, tags)]
     for user_id in user_ids:
         db.add(
             Notification(

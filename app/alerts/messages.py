@@ -19,6 +19,7 @@ from app.engine.templating import environment
 from app.models import Job, Run, StepRun
 
 LAST_LINES = 20
+SUBJECT_LIMIT = 200  # characters of a subject line (an email header must stay one line)
 TITLES = {
     "failure": "{job}: run #{run} {state}",
     "recovery": "{job} recovered: run #{run} SUCCEEDED",
@@ -146,9 +147,11 @@ def default_text(payload: dict[str, Any]) -> str:
 
 
 def subject_line(payload: dict[str, Any]) -> str:
+    """The one-line subject: whitespace (newlines of a custom subject) collapsed, cut short."""
     grouped = payload.get("grouped")
     suffix = f" (+{grouped} similar since {payload['grouped_since']})" if grouped else ""
-    return f"[Nomaflow] {payload['title']}{suffix}"
+    line = " ".join(f"[Nomaflow] {payload['title']}{suffix}".split())
+    return line if len(line) <= SUBJECT_LIMIT else line[: SUBJECT_LIMIT - 1] + "…"
 
 
 def email_html(payload: dict[str, Any]) -> str:

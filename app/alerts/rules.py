@@ -13,6 +13,10 @@ Outcomes, as a user reads them:
 * missed — MISSED, SKIPPED or INTERRUPTED, with ``on_missed``.
 * success — every SUCCEEDED run, with ``on_success`` (a recovery says it already: not both).
 * long_run is found while the run still runs (app/alerts/service.py watches RUNNING runs).
+
+The Nth failure (with ``after_failures``) and recovery fire once per streak by construction, so
+they are never grouped: a job failing again after a recovery always says so. Grouping is for
+the rules that fire on every run.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Firing:
     rule: str
     reason: str
     failures: int = 0  # failures in a row, counting this run (failure) or before it (recovery)
+    once_per_streak: bool = False  # fires once per failure streak: never grouped
 
 
 def failures_in_a_row(db: Session, job_id: str, before_id: int, limit: int) -> int:
@@ -67,7 +72,7 @@ def fired_rules(db: Session, run: Run, alerts: dict[str, Any] | None) -> list[Fi
         earlier = failures_in_a_row(db, run.job_id, run.id, limit=(threshold or 1) + 1)
         count = earlier + 1
         if threshold and count == threshold:
-            firings.append(Firing("failure", f"{count} failures in a row", count))
+            firings.append(Firing("failure", f"{count} failures in a row", count, True))
         elif not threshold:
             firings.append(Firing("failure", f"the run ended {state}", count))
     elif state == "SUCCEEDED":
@@ -79,7 +84,7 @@ def fired_rules(db: Session, run: Run, alerts: dict[str, Any] | None) -> list[Fi
                 recovered = True
                 plural = "failure" if earlier == 1 else "failures"
                 reason = f"succeeded after {earlier} {plural} in a row"
-                firings.append(Firing("recovery", reason, earlier))
+                firings.append(Firing("recovery", reason, earlier, True))
         minimum = alerts.get("min_duration_seconds")
         if minimum and run.started_at and run.finished_at:
             took = (run.finished_at - run.started_at).total_seconds()

@@ -2,9 +2,13 @@
 
 The hook runs on the runner's after-run thread: it decides the rules a finished run fires,
 records one AlertEvent per rule and channel (GROUPED when the same job and rule alerted that
-channel within the grouping window) and delivers the new ones. The watcher, every
-NOMAFLOW_ALERT_POLL_SECONDS, alerts runs RUNNING longer than their job's ``long_run_minutes``
-(once per run) and retries failed deliveries with doubling backoff, up to MAX_ATTEMPTS.
+channel within the grouping window; never for the once-per-streak rules) and delivers the new
+ones. The next alert sent counts the GROUPED ones ("+N similar since …"); a GROUPED event waits
+with ``next_attempt_at`` set to the end of its window, and when that passes with no alert sent
+meanwhile the watcher delivers the last one held, counting the others (the digest). The watcher,
+every NOMAFLOW_ALERT_POLL_SECONDS, also alerts runs RUNNING longer than their job's
+``long_run_minutes`` (once per run) and retries failed deliveries with doubling backoff, up to
+MAX_ATTEMPTS.
 Several replicas may watch: an event is delivered by whoever claims it (owned iff one row
 changed). A delivery problem is written to the run's log; it never changes the run's state.
 """
@@ -106,15 +110,12 @@ class AlertService:
             .limit(1)
         )
         window = timedelta(seconds=self.group_seconds)
-        if last is not None and self.group_seconds and now - last.created_at < window:
-            state, grouped, since = "GROUPED", 0, ""
+        groups = self.group_seconds and not firing.once_per_streak
+        if groups and last is not None and now - last.created_at < window:
+            state, grouped, since, due = "GROUPED", 0, "", last.created_at + window
         else:
-            held = db.execute(
-                sa.select(sa.func.count(), sa.func.min(AlertEvent.created_at)).where(
-                    *same, AlertEvent.state == "GROUPED", AlertEvent.id > (last.id if last else 0)
-                )
-            ).one()
-            state, grouped, since = "PENDING", held[0], _short_time(held[1])
+            grouped, since = claim_held(db, same)
+            state, due = "PENDING", now
         payload = compose(facts, firing.rule, firing.reason, job.alerts, grouped, since)
         event = AlertEvent(
             job_id=job.id,
@@ -124,7 +125,7 @@ class AlertService:
             state=state,
             payload=payload,
             created_at=now,
-            next_attempt_at=now if state == "PENDING" else None,
+            next_attempt_at=due,  # GROUPED: when its window closes (see send_digests)
         )
         db.add(event)
         return event
@@ -205,10 +206,10 @@ class AlertService:
 
     def _watch_loop(self) -> None:
         while not self._stopping.wait(self.poll_seconds):
-            for task in (self.alert_long_runs, self.retry_due):
+            for task in (self.alert_long_runs, self.retry_due, self.send_digests):
                 try:
                     task()
-                except sa.exc.SQLAlchemyError:
+                except Exception:  # any error (a lost database, a bug): log it, keep watching
                     log.exception("alerts watcher: %s failed; trying again", task.__name__)
 
     def alert_long_runs(self) -> None:
@@ -258,6 +259,54 @@ class AlertService:
             if self._stopping.is_set():
                 return
             self.attempt(event_id)
+
+    def send_digests(self) -> None:
+        """Deliver the last alert held back in each window that closed with no alert after it."""
+        due: list[int] = []
+        with self.database.session_scope() as db:
+            held = db.scalars(
+                sa.select(AlertEvent)
+                .where(AlertEvent.state == "GROUPED", AlertEvent.next_attempt_at <= utcnow())
+                .order_by(AlertEvent.id.desc())  # newest first: the last of each is delivered
+                .limit(RETRY_BATCH)
+            ).all()
+            seen: set[tuple[str, str, str]] = set()
+            for event in held:
+                if (event.job_id, event.rule, event.channel) in seen:
+                    continue
+                seen.add((event.job_id, event.rule, event.channel))
+                same = (
+                    AlertEvent.job_id == event.job_id,
+                    AlertEvent.rule == event.rule,
+                    AlertEvent.channel == event.channel,
+                )
+                count, since = claim_held(db, same, up_to=event.id)
+                if not count:  # another watcher, or a new alert, told of them meanwhile
+                    continue
+                job = db.get(Job, event.job_id)
+                old = event.payload
+                alerts = job.alerts if job else None
+                event.payload = compose(old, old["rule"], old["why"], alerts, count - 1, since)
+                event.state, event.next_attempt_at = "PENDING", utcnow()
+                due.append(event.id)
+        for event_id in due:
+            self.attempt(event_id)
+
+
+def claim_held(db: Session, same: tuple, up_to: int | None = None) -> tuple[int, str]:
+    """Take the GROUPED events no alert told of yet; return how many, and since when.
+
+    Clearing ``next_attempt_at`` is the claim: a watcher's digest and a new alert of the same
+    job, rule and channel never count the same events twice (owned iff the row changed).
+    """
+    waiting = (*same, AlertEvent.state == "GROUPED", AlertEvent.next_attempt_at.is_not(None))
+    if up_to is not None:
+        waiting = (*waiting, AlertEvent.id <= up_to)
+    first = db.scalar(sa.select(sa.func.min(AlertEvent.created_at)).where(*waiting))
+    if first is None:
+        return 0, ""
+    taken = db.execute(sa.update(AlertEvent).where(*waiting).values(next_attempt_at=None))
+    return taken.rowcount, _short_time(first)
 
 
 def _short_time(value: datetime | None) -> str:
