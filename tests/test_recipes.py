@@ -3,13 +3,17 @@
 Every test imports its recipe file with ``import_jobs`` (connectors, variables and jobs in one
 file, all or nothing), runs the job through ``dispatch`` and the runner, and checks what a user
 would check: the rows in the target database, the request the webhook received, the run's
-state and reason. The services are real: PostgreSQL, MariaDB, slapd, a local HTTP API and a
-`nomaflow serve` process.
+state and reason, the alert emails. The services are real: PostgreSQL, MariaDB, slapd, a local
+HTTP API, an SMTP sink and a `nomaflow serve` process. The shared examples file itself must
+import as shipped (checked with `nomaflow jobs import --dry-run`).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -23,14 +27,17 @@ from app.db import get_database
 from app.engine.dispatch import dispatch, request_abort
 from app.engine.service import start_runner, stop_runner
 from app.jobs_io import import_jobs
+from app.models import AlertEvent
 from tests.conftest import service_missing
 from tests.engine_helpers import FINAL, log_messages, wait_for_run
 from tests.http_test_server import BEARER_TOKEN
-from tests.recipes import HOOK_TOKEN, RecipeApi, recipe_text
+from tests.recipes import HOOK_TOKEN, RecipeApi, SmtpSink, recipe_text
 from tests.server_process import ServerProcess, free_port
 from tests.slapd_server import SERVICE_DN, SERVICE_PASSWORD, SlapdServer, SlapdUnavailable
 
 PLUS_TWO = timezone(timedelta(hours=2))
+BASE_URL = "https://nomaflow.ops.example.org"  # NOMAFLOW_BASE_URL: where alert links point
+SHIPPED_RECIPES = Path("/work/shared/examples/recipes.toml")
 
 
 class ScratchDb:
@@ -66,6 +73,12 @@ def as_utc(value):
     if isinstance(value, datetime):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     return value
+
+
+@pytest.fixture
+def app(make_app):
+    """The test app, its alert links pointing at the operator's NOMAFLOW_BASE_URL."""
+    return make_app(base_url=BASE_URL)
 
 
 @pytest.fixture
@@ -119,6 +132,39 @@ def assert_succeeded(app, document: dict) -> None:
 
 def step(document: dict, name: str) -> dict:
     return next(s for s in document["steps"] if s["name"] == name)
+
+
+def alert_events(app) -> list[tuple[str, int, str, str]]:
+    """(rule, run, channel, state) of every alert recorded, oldest first."""
+    with get_database(app).session_scope() as db:
+        rows = db.execute(
+            sa.select(
+                AlertEvent.rule, AlertEvent.run_id, AlertEvent.channel, AlertEvent.state
+            ).order_by(AlertEvent.id)
+        ).all()
+    return [tuple(row) for row in rows]
+
+
+def test_the_shipped_examples_file_imports_as_is_in_a_dry_run(tmp_path, migrated_sqlite_file):
+    if not SHIPPED_RECIPES.is_file():
+        pytest.skip(f"{SHIPPED_RECIPES} is not on this machine")
+    instance = tmp_path / "fresh"
+    instance.mkdir()
+    shutil.copyfile(migrated_sqlite_file, instance / "nomaflow.db")
+    env = {k: v for k, v in os.environ.items() if k != "NOMAFLOW_DATABASE_URL"}
+    command = [sys.executable, "-m", "app.cli", "jobs", "import", str(SHIPPED_RECIPES), "--dry-run"]
+    done = subprocess.run(
+        command,
+        env=env | {"NOMAFLOW_INSTANCE": str(instance)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "dry run: nothing was written"
+    assert "would create  channel on-call" in lines
+    assert "would create  healthz-smoke" in lines
 
 
 # --- 1. nightly copy of two tables PostgreSQL -> MariaDB, then a webhook ------------------------
@@ -202,6 +248,7 @@ def test_nightly_sync_copies_two_tables_to_mariadb_then_posts_the_webhook(
         hooks_url=api.url,
     )
     assert sorted(outcomes) == [
+        "channel on-call",
         "connector ops",
         "connector reporting",
         "reporting-nightly-sync",
@@ -242,6 +289,9 @@ def test_nightly_sync_copies_two_tables_to_mariadb_then_posts_the_webhook(
         (document["id"], 3, 4),
         (again["id"], 3, 3),
     ]
+    stop_runner(app)  # waits for the after-run hooks: every alert decision is made
+    assert api.requests_to("/echo/on-call") == []  # successes alert nobody
+    assert alert_events(app) == []
     reporting.engine.dispose()
 
 
@@ -409,10 +459,20 @@ def served(tmp_path, migrated_sqlite_file):
     server.stop()
 
 
-def test_healthz_smoke_succeeds_against_a_live_server_and_fails_when_it_is_down(
-    app, runner, served
+@pytest.fixture
+def smtp_sink():
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+def test_healthz_smoke_emails_on_call_on_the_third_failure_then_once_on_recovery(
+    app, runner, served, smtp_sink
 ):
-    import_recipe(app, "healthz_smoke.toml", app_url=served.url)
+    outcomes = import_recipe(
+        app, "healthz_smoke.toml", app_url=served.url, smtp_port=smtp_sink.port
+    )
+    assert sorted(outcomes) == ["channel on-call", "connector mail", "healthz-smoke"]
 
     alive = run_job(app, "healthz-smoke")
     assert_succeeded(app, alive)
@@ -421,18 +481,48 @@ def test_healthz_smoke_succeeds_against_a_live_server_and_fails_when_it_is_down(
     assert output["json"]["status"] == "ok" and output["json"]["database"] == "ok"
 
     served.stop()  # the app went down: its port is dead now
-    down = run_job(app, "healthz-smoke")
-    assert down["state"] == "FAILED"
-    port = served.port
-    expected = f"GET {served.url}/healthz: cannot reach 127.0.0.1:{port}"
-    assert down["reason"].startswith(expected), down["reason"]
-    assert step(down, "probe")["error"] == down["reason"]
+    down = [run_job(app, "healthz-smoke") for _ in range(3)]  # three turns of the cron
+    assert [d["state"] for d in down] == ["FAILED"] * 3
+    expected = f"GET {served.url}/healthz: cannot reach 127.0.0.1:{served.port}"
+    assert down[0]["reason"].startswith(expected), down[0]["reason"]
+    assert step(down[0], "probe")["error"] == down[0]["reason"]
+
+    # after-run hooks run in order on one thread: once the third run's email is in, the first
+    # two runs' hooks have run too, so this one email is all the failures sent
+    third = down[2]
+    (alert,) = smtp_sink.wait_for(1)
+    assert alert["Subject"] == f"[Nomaflow] healthz-smoke: run #{third['id']} FAILED"
+    assert (alert["To"], alert["From"]) == ("oncall@example.org", "nomaflow@example.org")
+    text = alert.get_body(("plain",)).get_content()
+    assert f"Run: #{third['id']} FAILED (3 failures in a row)" in text
+    assert f"Link: {BASE_URL}/runs/{third['id']}" in text
+    assert f"Failing step: probe (FAILED): {step(third, 'probe')['error']}" in text
+    assert expected in text
+
+    served.start()  # back up, on the same port
+    back = run_job(app, "healthz-smoke")
+    assert_succeeded(app, back)
+    recovery = smtp_sink.wait_for(2)[1]
+    assert recovery["Subject"] == f"[Nomaflow] healthz-smoke recovered: run #{back['id']} SUCCEEDED"
+    text = recovery.get_body(("plain",)).get_content()
+    assert f"Run: #{back['id']} SUCCEEDED (succeeded after 3 failures in a row)" in text
+    assert f"Link: {BASE_URL}/runs/{back['id']}" in text
+    stop_runner(app)  # waits for the after-run hooks and ends the retries: nothing more comes
+    assert len(smtp_sink.messages) == 2
+    assert alert_events(app) == [
+        ("failure", third["id"], "on-call", "SENT"),
+        ("recovery", back["id"], "on-call", "SENT"),
+    ]
 
 
-def test_healthz_smoke_pointed_at_a_port_nobody_listens_on_fails_with_the_reason(app, runner):
+def test_healthz_smoke_pointed_at_a_port_nobody_listens_on_fails_with_the_reason(
+    app, runner, smtp_sink
+):
     dead = f"http://127.0.0.1:{free_port()}"
-    import_recipe(app, "healthz_smoke.toml", app_url=dead)
+    import_recipe(app, "healthz_smoke.toml", app_url=dead, smtp_port=smtp_sink.port)
     document = run_job(app, "healthz-smoke")
     assert document["state"] == "FAILED"
     assert document["reason"].startswith(f"GET {dead}/healthz: cannot reach "), document["reason"]
     assert step(document, "probe")["state"] == "FAILED"
+    stop_runner(app)  # every after-run hook has run
+    assert smtp_sink.messages == []  # one failure is not three in a row

@@ -4,18 +4,24 @@
 file; Jinja's ``{{ ... }}`` is left alone, and a literal dollar sign is written twice.
 ``RecipeApi`` is the small HTTP server the recipes talk to: the tests' HttpTestServer
 (auth-checking routes, every request recorded in ``seen``) plus a bearer-protected
-``/releases`` feed and a webhook receiver.
+``/releases`` feed and a webhook receiver. ``SmtpSink`` is the mail relay of the recipes'
+email channel: a real aiosmtpd server keeping every message it receives.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 from string import Template
 
+from aiosmtpd.controller import Controller
 from flask import Response, jsonify, request
 
 from tests.http_test_server import BEARER_TOKEN, HttpTestServer, denied
+from tests.server_process import free_port
 
 RECIPES = Path(__file__).resolve().parent
 HOOK_TOKEN = "hook-T0ken-3e9a-never-logged"
@@ -57,3 +63,32 @@ class RecipeApi(HttpTestServer):
             return Response(status=204)
 
         return app
+
+
+class SmtpSink:
+    """A real SMTP server on a free local port; ``messages`` holds what it received, in order."""
+
+    def __init__(self):
+        self.messages: list[EmailMessage] = []
+        self.port = free_port()
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> SmtpSink:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+        return "250 OK"
+
+    def wait_for(self, count: int, timeout: float = 15) -> list[EmailMessage]:
+        """Wait until ``count`` messages arrived; return them all."""
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count:
+            came = len(self.messages)
+            assert time.monotonic() < deadline, f"{count} emails expected, {came} came"
+            time.sleep(0.05)
+        return list(self.messages)
