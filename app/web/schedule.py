@@ -1,16 +1,17 @@
 """The schedule view: every enabled job's fires over the next days, hour by hour."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, available_timezones
 
 import sqlalchemy as sa
-from flask import Blueprint, render_template, request
+from flask import Blueprint, abort, render_template, request
 from flask_login import current_user
 
 from app import db
 from app.auth import requires
 from app.db import utcnow
-from app.fires import hours_of, upcoming_fires
+from app.fires import HourSlot, hours_of, upcoming_fires
 from app.models import Run
 from app.permissions import JOB_VIEW
 from app.schedules import ScheduleError, parse_timezone
@@ -19,6 +20,7 @@ from app.visibility import visible_job_ids
 bp = Blueprint("schedule", __name__)
 DAYS = 7
 PAST_LIMIT = 500
+INLINE_JOBS = 3  # an hour with more jobs lists them when opened
 ZONES = sorted(available_timezones())
 
 
@@ -26,12 +28,7 @@ ZONES = sorted(available_timezones())
 @requires(JOB_VIEW)
 def index():
     """Show the next 7 days by day and hour in the viewer's zone; flag crowded hours."""
-    zone_name = request.args.get("tz", "").strip() or "UTC"
-    error = None
-    try:
-        zone = parse_timezone(zone_name)
-    except ScheduleError as problem:
-        error, zone_name, zone = problem.message, "UTC", ZoneInfo("UTC")
+    zone_name, zone, error = _zone(request.args.get("tz", ""))
     session, now = db.session(), utcnow()
     visible = visible_job_ids(session, current_user)  # a tag-limited role: its jobs only
     plan = upcoming_fires(session, now, days=DAYS, visible=visible)
@@ -54,4 +51,30 @@ def index():
         truncated=sorted(plan.truncated),
         past=past,
         total=plan.total,
+        INLINE_JOBS=INLINE_JOBS,
+        tz_query="" if zone_name == "UTC" else f"&tz={quote(zone_name)}",
     )
+
+
+@bp.get("/schedule/hour")
+@requires(JOB_VIEW)
+def hour():
+    """The jobs firing in one hour of the week view (``at``: the hour's start, epoch seconds)."""
+    _, zone, _ = _zone(request.args.get("tz", ""))
+    try:
+        start = datetime.fromtimestamp(int(request.args.get("at", "")), zone)
+    except (ValueError, OverflowError, OSError):
+        abort(400, description="at: expected the hour's start in seconds since the epoch")
+    session = db.session()
+    visible = visible_job_ids(session, current_user)
+    days = hours_of(upcoming_fires(session, utcnow(), days=DAYS, visible=visible), zone)
+    slot = next((s for s in days.get(start.date(), []) if s.start == start), None)
+    return render_template("schedule/_hour_jobs.html", slot=slot or HourSlot(start))
+
+
+def _zone(name: str):
+    """The viewer's zone (name, ZoneInfo, error); an unknown name falls back to UTC."""
+    try:
+        return name.strip() or "UTC", parse_timezone(name.strip() or "UTC"), None
+    except ScheduleError as problem:
+        return "UTC", ZoneInfo("UTC"), problem.message
