@@ -12,6 +12,10 @@ usual pattern (extract's success starts nightly, which finds extract's latest ru
 
 The jobs being saved (an editor form, every job of a TOML file, an API body) replace their
 stored versions; every other live job in the database counts as it is.
+
+A job the saving user may not see (app/visibility.py) is named exactly like one that does not
+exist, so a team cannot chain to, call or wait on another team's job, nor learn its id; a cycle
+through such a job is refused without naming it. ``user=None`` (the CLI) sees every job.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from sqlalchemy.orm import Session
 
 from app.jobspec import SpecError
 from app.models import Job, Step
+from app.visibility import may_see_tags, visible_job_ids
 
 EDGE_KINDS = ("depends_on", "then", "call_job")
+HIDDEN_JOB = "(a job you cannot see)"
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,9 @@ class JobGraph:
         graph.setdefault(edge.source, []).append(edge)
 
 
-def graph_errors(db: Session, specs: dict[int, dict[str, Any]]) -> list[SpecError]:
+def graph_errors(db: Session, specs: dict[int, dict[str, Any]], user=None) -> list[SpecError]:
     """Every unknown job named and every cycle made by ``specs`` (index in the file → spec)."""
-    return reference_errors(db, specs) + cycle_errors(db, specs)
+    return reference_errors(db, specs, user=user) + cycle_errors(db, specs, user=user)
 
 
 def spec_edges(index: int, spec: dict[str, Any]) -> list[Edge]:
@@ -73,8 +79,10 @@ def reference_errors(
     specs: dict[int, dict[str, Any]],
     kinds: tuple[str, ...] = EDGE_KINDS,
     in_file: set[str] | None = None,
+    user=None,
 ) -> list[SpecError]:
-    """Name each job of ``kinds`` edges that is neither saved with these nor live in the db."""
+    """Name each job of ``kinds`` edges that is neither saved with these nor live in the db
+    and visible to ``user`` (None: every live job counts)."""
     saved = {spec["id"] for spec in specs.values()} | (in_file or set())
     edges = [
         edge
@@ -85,8 +93,8 @@ def reference_errors(
     outside = {edge.target for edge in edges}
     stored = set()
     if outside:
-        query = sa.select(Job.id).where(Job.id.in_(outside), Job.deleted_at.is_(None))
-        stored = set(db.scalars(query))
+        query = sa.select(Job.id, Job.tags).where(Job.id.in_(outside), Job.deleted_at.is_(None))
+        stored = {job_id for job_id, tags in db.execute(query) if may_see_tags(user, tags)}
     return [
         SpecError(edge.path, f"unknown job {edge.target!r}")
         for edge in edges
@@ -94,14 +102,26 @@ def reference_errors(
     ]
 
 
-def cycle_errors(db: Session, specs: dict[int, dict[str, Any]]) -> list[SpecError]:
-    """One error per cycle through a saved job: "cycle: a → b → a", at the edge leaving it."""
-    graph = _stored_graph(db, exclude={spec["id"] for spec in specs.values()})
+def cycle_errors(db: Session, specs: dict[int, dict[str, Any]], user=None) -> list[SpecError]:
+    """One error per cycle through a saved job: "cycle: a → b → a", at the edge leaving it.
+
+    Jobs ``user`` may not see are in the graph (a cycle through them is still refused) but
+    not in the messages; an edge naming one is left to reference_errors ("unknown job").
+    """
+    saved = {spec["id"] for spec in specs.values()}
+    graph = _stored_graph(db, exclude=saved)
+    visible = visible_job_ids(db, user)  # None: the user sees every job
+
+    def shown(job_id: str) -> bool:
+        return visible is None or job_id in saved or job_id in visible
+
     saved_edges = [edge for index, spec in specs.items() for edge in spec_edges(index, spec)]
     for edge in saved_edges:
         graph.add(edge)
     errors, seen = [], set()
     for edge in saved_edges:
+        if not shown(edge.target):
+            continue
         edges = graph.needs if edge.kind == "depends_on" else graph.starts
         back = _path(edges, edge.target, edge.source)
         if back is None:
@@ -111,7 +131,8 @@ def cycle_errors(db: Session, specs: dict[int, dict[str, Any]]) -> list[SpecErro
         if key in seen:
             continue
         seen.add(key)
-        errors.append(SpecError(edge.path, "cycle: " + " → ".join(cycle)))
+        names = [job_id if shown(job_id) else HIDDEN_JOB for job_id in cycle]
+        errors.append(SpecError(edge.path, "cycle: " + " → ".join(names)))
     return errors
 
 

@@ -93,7 +93,7 @@ def restore_version(db: Session, job_id: str, version: int, user: User | None, i
     # a stored definition holds None for "not set"; validate it as its export would read
     spec, errors = validate_job(without_defaults(copy.deepcopy(stored.definition)))
     if spec is not None:  # jobs named since deleted, or a cycle made since by other jobs
-        errors = graph_errors(db, {0: spec})
+        errors = graph_errors(db, {0: spec}, user)  # only jobs the restoring user may see
     if errors:
         raise ValueError("; ".join(str(error) for error in errors))
     return apply_job(db, spec, user, ip)

@@ -106,7 +106,7 @@ def import_jobs(
             )
     connectors = _connector_entries(document, errors)
     variables = _variable_entries(document, errors)
-    specs = _read_jobs(db, document, errors)
+    specs = _read_jobs(db, document, errors, user)
     errors.extend(connector_problems(db, specs, connectors))
     channels = channel_tables(document, errors)
     errors.extend(unknown_channels(db, specs, {table["name"] for _, table in channels}))
@@ -262,7 +262,7 @@ def _error_lines(path: str, error: ValueError) -> list[str]:
     return [f"{path}: {getattr(error, 'message', None) or error}"]
 
 
-def _read_jobs(db: Session, document: dict, errors: list[str]) -> dict[int, dict[str, Any]]:
+def _read_jobs(db: Session, document: dict, errors: list[str], user=None) -> dict[int, dict]:
     tables = document.get("jobs", [])
     if not isinstance(tables, list):
         errors.append("jobs: expected [[jobs]] tables")
@@ -281,8 +281,9 @@ def _read_jobs(db: Session, document: dict, errors: list[str]) -> dict[int, dict
             first_index[job_id] = index
         if spec is not None:
             specs[index] = spec
-    unknown = reference_errors(db, specs, in_file=set(first_index))  # then, depends_on, call_job
-    errors.extend(str(problem) for problem in unknown + cycle_errors(db, specs))
+    # then, depends_on, call_job: a job the importing user may not see counts as unknown
+    unknown = reference_errors(db, specs, in_file=set(first_index), user=user)
+    errors.extend(str(problem) for problem in unknown + cycle_errors(db, specs, user))
     return specs
 
 

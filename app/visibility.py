@@ -44,3 +44,15 @@ def visible_job_ids(db: Session, user, *, include_deleted: bool = True) -> set[s
     if not include_deleted:
         query = query.where(Job.deleted_at.is_(None))
     return {job_id for job_id, tags in db.execute(query) if allowed & set(tags or ())}
+
+
+def live_job(db: Session, job_id: str) -> Job | None:
+    """The live (not deleted) job with exactly this id, or None.
+
+    MariaDB compares ids without case, so ``db.get`` finds ``greet`` for ``GREET``: a URL names
+    a job by its exact id only, and the caller goes on with ``job.id``.
+    """
+    job = db.get(Job, job_id)
+    if job is None or job.id != job_id or job.deleted_at is not None:
+        return None
+    return job

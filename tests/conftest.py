@@ -120,8 +120,11 @@ def add_personas(app) -> None:
 def reset_database(app) -> None:
     """Empty every table but the seeded roles (shared server databases between tests)."""
     from app.db import Base
+    from app.models import Run
 
     with get_database(app).session_scope() as db_session:
+        # runs point at runs (chains, replays): MariaDB checks that FK row by row on DELETE
+        db_session.execute(sa.update(Run).values(parent_run_id=None, replay_of_id=None))
         for table in reversed(Base.metadata.sorted_tables):
             if table.name != "roles":
                 db_session.execute(table.delete())

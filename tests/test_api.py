@@ -217,7 +217,14 @@ def test_bad_input_gets_its_status_and_nothing_is_queued(app):
     assert otto.delete("/runs").status_code == 405
 
 
-def test_wait_answers_the_finished_run_and_logs_page_by_seq(app, runner):
+@pytest.fixture
+def any_db_runner(any_db_app):
+    yield start_runner(any_db_app)
+    stop_runner(any_db_app)
+
+
+def test_wait_answers_the_finished_run_and_logs_page_by_seq(any_db_app, any_db_runner):
+    app = any_db_app
     greet_job(app)
     otto = Api(app, "otto")
     response = otto.post("/jobs/greet/runs?wait=30", json={"params": {"who": "ada", "times": 3}})
@@ -279,6 +286,29 @@ def test_idempotency_key_gives_the_same_run_or_409(app):
     # another user's key space is their own
     ada = Api(app, "ada").post("/jobs/greet/runs", json=body, headers=key)
     assert ada.get_json()["id"] != first.get_json()["id"]
+
+
+def test_idempotency_keys_are_exact_on_mariadb(make_app, mariadb_url):
+    app = make_app(mariadb_url)  # MariaDB compares strings without case
+    greet_job(app)
+    otto = Api(app, "otto")
+    body = {"params": {"who": "x"}}
+    lower = otto.post("/jobs/greet/runs", json=body, headers={"Idempotency-Key": "abc"})
+    upper = otto.post("/jobs/greet/runs", json=body, headers={"Idempotency-Key": "ABC"})
+    again = otto.post("/jobs/greet/runs", json=body, headers={"Idempotency-Key": "abc"})
+    assert lower.status_code == upper.status_code == again.status_code == 202
+    assert upper.get_json()["id"] != lower.get_json()["id"] == again.get_json()["id"]
+    assert len(runs_of(app, "greet")) == 2
+
+
+def test_job_ids_in_urls_are_exact_on_mariadb(make_app, mariadb_url):
+    app = make_app(mariadb_url)
+    greet_job(app)
+    ada = Api(app, "ada")
+    assert ada.get("/jobs/GREET").status_code == 404
+    assert ada.post("/jobs/Greet/runs", json={"params": {"who": "x"}}).status_code == 404
+    assert ada.get("/jobs/greet").status_code == 200
+    assert runs_of(app, "greet") == []
 
 
 def test_a_tag_limited_role_sees_only_its_jobs_and_their_runs(app):

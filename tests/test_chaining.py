@@ -48,7 +48,23 @@ def call_job(name: str, job: str, **fields) -> dict:
     return {"name": name, "type": "call_job", "job": job, **fields}
 
 
-def test_a_chained_job_starts_with_the_parents_output_and_both_run_pages_link(app, runner, as_user):
+def app_on(request, make_app, backend: str, **extra: str):
+    """An app on the embedded SQLite or on the session's PostgreSQL / MariaDB database."""
+    url = None if backend == "sqlite" else request.getfixturevalue(f"{backend}_url")
+    return make_app(url, **extra)
+
+
+@pytest.fixture
+def any_db_runner(any_db_app):
+    started = start_runner(any_db_app)
+    yield started
+    stop_runner(any_db_app)
+
+
+def test_a_chained_job_starts_with_the_parents_output_and_both_run_pages_link(
+    any_db_app, any_db_runner
+):
+    app = any_db_app
     make_job(
         app,
         "publish",
@@ -76,7 +92,8 @@ def test_a_chained_job_starts_with_the_parents_output_and_both_run_pages_link(ap
     with get_database(app).session_scope() as db:
         assert db.scalar(sa.select(sa.func.count()).where(Run.job_id == "cleanup")) == 0
 
-    vera = as_user("vera")
+    vera = app.test_client()
+    sign_in(vera, "vera")
     parent_page = vera.get(f"/runs/{parent.id}").get_data(as_text=True)
     assert f'<a href="/runs/{child.id}">run #{child.id}</a> of <code>publish</code>' in parent_page
     child_page = vera.get(f"/runs/{child.id}").get_data(as_text=True)
@@ -144,8 +161,11 @@ def test_depends_on_skips_the_run_with_the_reason_until_the_dependency_succeeds(
     assert wait_for_run(app, trigger(app, "nightly").id)["state"] == "SUCCEEDED"
 
 
-def test_call_job_waits_for_the_child_and_takes_its_outcome_with_a_pool_of_one(make_app):
-    app = make_app(runner_pool_size="1")  # the child must not wait for the parent's slot
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mariadb"])
+def test_call_job_waits_for_the_child_and_takes_its_outcome_with_a_pool_of_one(
+    request, make_app, backend
+):
+    app = app_on(request, make_app, backend, runner_pool_size="1")  # no slot for the child
     assert start_runner(app).pool_size == 1
     try:
         make_job(
@@ -195,6 +215,24 @@ def test_call_job_waits_for_the_child_and_takes_its_outcome_with_a_pool_of_one(m
         assert document["steps"][1]["state"] == "NOT_RUN"
     finally:
         stop_runner(app)
+
+
+def test_a_run_aborted_before_it_started_chains_nothing_even_always(app):
+    make_job(app, "after")
+    make_job(app, "work", then=[{"job": "after", "on": "always"}])
+    runner = start_runner(app, claim_queued=False)  # runs only what it is told to
+    try:
+        never_started = trigger(app, "work")
+        assert request_abort(get_database(app), never_started.id).state == "CANCELED"
+        started = trigger(app, "work")
+        assert runner.execute_now(started.id) == "SUCCEEDED"
+        [chained] = children_of(app, started.id)  # after-run hooks run one by one, in order
+    finally:
+        stop_runner(app)
+    with get_database(app).session_scope() as db:
+        followers = db.scalars(sa.select(Run.parent_run_id).where(Run.job_id == "after")).all()
+    assert followers == [started.id]
+    assert not [m for m in messages(app, never_started.id) if "chained" in m]
 
 
 @pytest.mark.parametrize("how", ["abort", "timeout"])

@@ -4,9 +4,9 @@ import re
 
 import sqlalchemy as sa
 
-from app.db import get_database
-from app.models import AuditEvent, Job, Run
-from tests.conftest import csrf_token
+from app.db import get_database, utcnow
+from app.models import AuditEvent, Job, Role, Run, User
+from tests.conftest import PASSWORD_HASH, csrf_token, sign_in
 from tests.engine_helpers import make_job
 
 
@@ -58,13 +58,17 @@ def test_bad_calls_get_json_errors_and_queue_nothing(app, as_user):
     token = enable_hook(as_user("eddie"), "sync")
     outside = app.test_client()
     auth = {"Authorization": f"Bearer {token}"}
-    wrong = outside.post(
-        "/hooks/sync", json={"day": "2026-01-31"}, headers={"Authorization": "Bearer nfh_x"}
-    )
-    assert (wrong.status_code, wrong.get_json()["error"]) == (401, "unauthorized")
-    assert outside.post("/hooks/sync", json={"day": "2026-01-31"}).status_code == 401
-    assert outside.post("/hooks/quiet", json={}, headers=auth).status_code == 404  # no hook
-    assert outside.post("/hooks/nope", json={}, headers=auth).status_code == 404
+    refused = {"error": "unauthorized", "message": "invalid trigger token", "fields": {}}
+    for path, headers in [
+        ("/hooks/sync", {"Authorization": "Bearer nfh_x"}),  # wrong token
+        ("/hooks/sync", {}),  # no token
+        ("/hooks/quiet", auth),  # a job without a hook
+        ("/hooks/nope", auth),  # no such job
+        ("/hooks/SYNC", auth),  # ids are exact (MariaDB compares them without case)
+    ]:
+        answer = outside.post(path, json={"day": "2026-01-31"}, headers=headers)
+        assert (answer.status_code, answer.get_json()) == (401, refused), path
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer")
     bad_type = outside.post("/hooks/sync", json={"day": "last tuesday"}, headers=auth)
     assert bad_type.status_code == 422
     assert "day" in bad_type.get_json()["fields"]
@@ -89,7 +93,7 @@ def test_rotating_invalidates_the_old_token_and_disabling_closes_the_url(app, as
         data={"action": "disable", "csrf_token": csrf_token(eddie, "/jobs/sync/trigger-url")},
     ).get_data(as_text=True)
     assert "No trigger URL" in page
-    assert outside.post(f"/hooks/sync?token={new}", json=body).status_code == 404
+    assert outside.post(f"/hooks/sync?token={new}", json=body).status_code == 401
     with get_database(app).session_scope() as db:
         actions = db.scalars(
             sa.select(AuditEvent.action)
@@ -99,9 +103,30 @@ def test_rotating_invalidates_the_old_token_and_disabling_closes_the_url(app, as
         assert list(actions) == ["hook.enable", "hook.rotate", "hook.trigger", "hook.disable"]
 
 
-def test_only_editors_manage_trigger_urls(app, as_user):
+def test_a_deleted_jobs_hook_refuses_its_token(app, as_user):
+    sync_job(app)
+    token = enable_hook(as_user("eddie"), "sync")
+    with get_database(app).session_scope() as db:
+        db.get(Job, "sync").deleted_at = utcnow()
+    answer = app.test_client().post(f"/hooks/sync?token={token}", json={"day": "2026-01-31"})
+    assert (answer.status_code, answer.get_json()["message"]) == (401, "invalid trigger token")
+    assert queued_runs(app, "sync") == []
+
+
+def test_only_editors_who_may_run_the_job_manage_trigger_urls(app, as_user):
     sync_job(app)
     otto = as_user("otto")
     assert otto.get("/jobs/sync/trigger-url").status_code == 403
     page = as_user("eddie").get("/jobs/sync/edit").get_data(as_text=True)
     assert 'href="/jobs/sync/trigger-url"' in page
+    with get_database(app).session_scope() as db:
+        role = Role(name="writers", permissions=["job:view", "job:edit"])
+        db.add(User(username="wes", role=role, password_hash=PASSWORD_HASH))
+    wes = app.test_client()
+    sign_in(wes, "wes")
+    assert wes.get("/jobs/sync/trigger-url").status_code == 403
+    token = csrf_token(wes, "/jobs/sync/edit")
+    enable = wes.post("/jobs/sync/trigger-url", data={"action": "enable", "csrf_token": token})
+    assert enable.status_code == 403
+    with get_database(app).session_scope() as db:
+        assert db.get(Job, "sync").hook_token_hash is None

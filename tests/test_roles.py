@@ -11,9 +11,10 @@ import sqlalchemy as sa
 from app.db import get_database, utcnow
 from app.engine.signals import run_changed
 from app.live import socketio, start_live_push, stop_live_push
-from app.models import AuditEvent, Role, Run, User
+from app.models import AuditEvent, Job, Role, Run, User
 from tests.conftest import PASSWORD, csrf_token, sign_in
-from tests.engine_helpers import make_job
+from tests.engine_helpers import make_job, python_step
+from tests.test_api import Api
 from tests.test_editor import new_job_form
 from tests.test_history import add_runs
 
@@ -129,6 +130,81 @@ def test_a_team_editor_keeps_jobs_in_the_team(app, as_user):
     created = editor.post("/jobs/new", data={**form, "id": "mine", "tags": "team-data, etl"})
     assert created.status_code == 302
     assert "mine" in editor.get("/jobs").get_data(as_text=True)
+
+
+@pytest.fixture
+def erin(app, as_user):
+    """A team editor (job:edit and job:run, limited to team-data), and ops' secret job."""
+    admin = as_user("ada")
+    make_role(admin, "data-editors", ["job:view", "job:edit", "job:run"], "team-data")
+    make_job(app, "ops-secret", tags=["ops"], steps=[python_step("s", "ctx.set_output(1)")])
+    make_job(app, "data-load", tags=["team-data"])
+    return make_member(app, admin, "erin", "data-editors")
+
+
+def calling_form(client, job: str, **overrides):
+    """The editor's form for a new team job whose one step calls ``job``."""
+    form = new_job_form(client, id="steal", tags="team-data")
+    form = {key: value for key, value in form.items() if not key.startswith("steps-")}
+    step = {"name": "call", "type": "call_job", "enabled": "true", "config.job": job}
+    return form | {f"steps-0.{key}": value for key, value in step.items()} | overrides
+
+
+def test_a_team_editor_cannot_name_another_teams_job_in_the_editor(app, erin):
+    attempts = [
+        calling_form(erin, "ops-secret"),
+        calling_form(erin, "data-load", **{"then-0.job": "ops-secret", "then-0.on": "always"}),
+        calling_form(erin, "data-load", depends_on="ops-secret"),
+    ]
+    for form in attempts:
+        refused = erin.post("/jobs/new", data=form)
+        assert refused.status_code == 422
+        page = refused.get_data(as_text=True)
+        assert "unknown job &#39;ops-secret&#39;" in page  # as for a job that does not exist
+        assert "cycle" not in page
+    truly_unknown = erin.post("/jobs/new", data=calling_form(erin, "no-such-job"))
+    assert "unknown job &#39;no-such-job&#39;" in truly_unknown.get_data(as_text=True)
+    taken = erin.post("/jobs/new", data=calling_form(erin, "data-load", id="ops-secret"))
+    page = taken.get_data(as_text=True)
+    assert taken.status_code == 422 and "this id is not available" in page
+    assert "already exists" not in page
+    with get_database(app).session_scope() as db:
+        assert db.get(Job, "steal") is None and db.get(Job, "ops-secret").tags == ["ops"]
+    assert erin.post("/jobs/new", data=calling_form(erin, "data-load")).status_code == 302
+
+
+def test_a_team_editor_cannot_restore_a_version_naming_another_teams_job(app, erin):
+    make_job(app, "shared", tags=["team-data"], then=[{"job": "ops-secret"}])  # by an admin
+    make_job(app, "shared", tags=["team-data"])
+    token = csrf_token(erin, "/jobs/shared/versions")
+    restored = erin.post("/jobs/shared/versions/1/restore", data={"csrf_token": token})
+    assert restored.status_code == 302
+    page = erin.get("/jobs/shared/versions").get_data(as_text=True)
+    assert "Version 1 cannot be restored" in page and "unknown job" in page
+    with get_database(app).session_scope() as db:
+        assert (db.get(Job, "shared").version, db.get(Job, "shared").then) == (2, [])
+
+
+def test_a_team_editor_cannot_name_another_teams_job_through_the_api(app, erin):
+    api = Api(app, "erin")
+    base = {"id": "steal", "tags": ["team-data"]}
+    calls = {"steps": [{"name": "call", "type": "call_job", "job": "data-load"}]}
+    steals = {"steps": [{"name": "call", "type": "call_job", "job": "ops-secret"}]}
+    attempts = [
+        ({**base, **steals}, "steps[0].job"),
+        ({**base, **calls, "then": [{"job": "ops-secret", "on": "always"}]}, "then[0].job"),
+        ({**base, **calls, "depends_on": ["ops-secret"]}, "depends_on"),
+    ]
+    for body, field in attempts:
+        refused = api.post("/jobs", json=body)
+        assert refused.status_code == 422
+        assert refused.get_json()["fields"] == {field: "unknown job 'ops-secret'"}
+    taken = api.post("/jobs", json={**base, **calls, "id": "ops-secret"})
+    assert taken.status_code == 409
+    assert "already exists" not in taken.get_json()["message"]
+    assert taken.get_json()["fields"] == {"id": "this id is not available"}
+    assert api.get("/jobs/steal").status_code == 404
+    assert api.post("/jobs", json={**base, **calls}).status_code == 201
 
 
 def test_roles_page_lists_permissions_and_limits_and_new_roles_reach_the_users_page(app, as_user):

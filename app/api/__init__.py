@@ -31,7 +31,7 @@ def _limit_body() -> None:
 @bp.get("/openapi.json")
 @requires(None)
 def openapi():
-    """Return the OpenAPI 3.1 document of this API."""
+    """Return the OpenAPI 3.0.3 document of this API."""
     return openapi_document()
 
 

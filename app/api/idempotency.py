@@ -3,6 +3,9 @@
 The key is claimed (row without a run) before dispatching, in its own transaction, so two
 concurrent requests with one key cannot both queue a run: the second finds the claim and gets
 409 until the first has its run. Keys are kept 24 hours, pruned by the requests that use keys.
+
+A key is stored as its sha256 (hex): MariaDB compares strings without case, and ``ABC`` must
+not find the run made with ``abc``; a digest compares exactly on every database.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from app.models import IdempotencyKey
 from .errors import ApiError
 
 KEEP_KEYS = timedelta(hours=24)
-MAX_KEY_LENGTH = 200  # the column
+MAX_KEY_LENGTH = 200  # what a client may send (the column holds the 64-character digest)
 
 
 def fingerprint(method: str, path: str, body: dict[str, Any]) -> str:
@@ -37,9 +40,15 @@ def check_key(key: str) -> str:
     return key
 
 
+def stored_key(key: str) -> str:
+    """The key as its row holds it: sha256 hex, compared exactly by every database."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def claim_key(database: Database, user_id: int, key: str, request_hash: str) -> int | None:
     """Claim ``key`` for this request and return None, or return the run an earlier identical
     request made. 409 when the key was used for another request, or is still being used."""
+    key = stored_key(key)
     try:
         with database.session_scope() as db:
             db.execute(
@@ -59,7 +68,7 @@ def remember_run(database: Database, user_id: int, key: str, run_id: int) -> Non
     with database.session_scope() as db:
         db.execute(
             sa.update(IdempotencyKey)
-            .where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
+            .where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == stored_key(key))
             .values(run_id=run_id)
         )
 
@@ -70,7 +79,7 @@ def release_key(database: Database, user_id: int, key: str) -> None:
         db.execute(
             sa.delete(IdempotencyKey).where(
                 IdempotencyKey.user_id == user_id,
-                IdempotencyKey.key == key,
+                IdempotencyKey.key == stored_key(key),
                 IdempotencyKey.run_id.is_(None),
             )
         )

@@ -14,13 +14,14 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 # the import's checks of what a definition names (other jobs, connectors of the right kind)
+from app.alerts.channels_io import unknown_channels
 from app.job_forms import python_code_problems
 from app.job_graph import graph_errors
 from app.jobs_io import connector_problems
 from app.jobspec import SpecError, apply_job, job_definition, validate_job
 from app.models import Job, User
 from app.permissions import PYTHON_EDIT
-from app.visibility import may_see_tags, restricted_tags
+from app.visibility import may_see_job, may_see_tags, restricted_tags
 
 from .errors import ApiError
 
@@ -37,7 +38,8 @@ def save_job(
     """Validate ``body`` and create the job (``job_id`` None) or update ``job_id``.
 
     Return the saved job and "created" / "updated" / "unchanged"; raise ApiError (409 when
-    creating an id that exists, 422 naming each bad field, 403 for Python code without
+    creating an id that exists or belongs to a job the user may not see, 422 naming each bad
+    field, 403 for Python code without
     python:edit). The caller commits.
     """
     data = _without_nulls(body)
@@ -48,14 +50,18 @@ def save_job(
     spec, errors = validate_job(copy.deepcopy(data))
     fields = fields_of(errors)
     if spec is not None:  # the jobs and connectors it names exist, and it makes no cycle
-        fields = {**fields_of(graph_errors(db, {0: spec})), **fields}
-        for line in connector_problems(db, {0: spec}, []):  # "jobs[0] x › steps[0] y › …: …"
+        fields = {**fields_of(graph_errors(db, {0: spec}, user)), **fields}
+        named = connector_problems(db, {0: spec}, []) + unknown_channels(db, {0: spec}, set())
+        for line in named:  # "jobs[0] x › steps[0] y › …: …", "jobs[0] x › alerts › channels: …"
             path, _, problem = line.partition(": ")
             fields.setdefault(_field_of_path(path), problem)
     if fields:
         raise ApiError(422, "The job definition has problems.", fields)
     existing = db.get(Job, spec["id"])
     live = existing is not None and existing.deleted_at is None
+    if job_id is None and existing is not None and not may_see_job(user, existing):
+        # ids are global; another team's job (even deleted) is neither confirmed nor revived
+        raise ApiError(409, "This id is not available.", {"id": "this id is not available"})
     if job_id is None and live:
         raise ApiError(409, f"A job named {spec['id']!r} already exists.", {"id": "taken"})
     if not may_see_tags(user, spec["tags"]):

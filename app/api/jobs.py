@@ -14,7 +14,7 @@ from app.db import utcnow
 from app.engine.signals import jobs_changed
 from app.models import Job
 from app.permissions import JOB_DELETE, JOB_EDIT, JOB_RUN, JOB_VIEW
-from app.visibility import may_see_job
+from app.visibility import live_job, may_see_job
 
 from .errors import MAX_ID, ApiError, query_int, read_json_object
 from .job_definitions import job_document, save_job
@@ -90,7 +90,7 @@ def delete_job(job_id: str):
 @requires(JOB_RUN)
 def create_run(job_id: str):
     """Queue a run: 202 with its id and URL; ``?wait=S`` answers 200 with the finished run."""
-    _visible_job(job_id)
+    job_id = _visible_job(job_id).id
     wait = min(query_int("wait", 0, 0, MAX_ID), MAX_WAIT_SECONDS)
     run_request = RunRequest.from_body(read_json_object())
     key = request.headers.get("Idempotency-Key")
@@ -105,8 +105,8 @@ def create_run(job_id: str):
 
 
 def _visible_job(job_id: str) -> Job:
-    """The live job, or 404 (also when the user's role may not see it: nothing leaks)."""
-    job = db.session().get(Job, job_id)
-    if job is None or job.deleted_at is not None or not may_see_job(current_user, job):
+    """The live job with exactly this id, or 404 (also when the user's role may not see it)."""
+    job = live_job(db.session(), job_id)
+    if job is None or not may_see_job(current_user, job):
         raise ApiError(404, f"There is no job {job_id!r}.", {"job": "no such job"})
     return job

@@ -6,7 +6,8 @@
 * ``failure`` — FAILED, TIMED_OUT or PARTIAL (something in the job went wrong; an abort by a
   person, an interruption of the server, a skip or a miss are not the job's failure);
 * ``always`` — any run that started: SUCCEEDED, PARTIAL, FAILED, TIMED_OUT, CANCELED or
-  INTERRUPTED (a SKIPPED or MISSED run did nothing, so it starts nothing).
+  INTERRUPTED (a SKIPPED or MISSED run, or one CANCELED while still QUEUED — no
+  ``started_at`` — did nothing, so it starts nothing).
 
 The chained run's params are rendered over the parent's namespace (``params``,
 ``steps['x'].output``, ``run``, ``job`` and the date helpers) and it is queued with trigger
@@ -50,8 +51,8 @@ def start_chained_jobs(database: Database, vault: SecretsVault, run_id: int) -> 
     """After-run hook: queue each ``then`` job whose ``on`` matches how the run ended."""
     with database.session_scope() as db:
         run = db.get(Run, run_id)
-        if run is None or run.state not in CHAIN_ON["always"]:
-            return
+        if run is None or run.state not in CHAIN_ON["always"] or run.started_at is None:
+            return  # it never started (aborted while queued, skipped, missed): nothing follows
         definition = load_definition(db, run.job_id, run.job_version)
         chained = [
             entry

@@ -26,6 +26,7 @@ from jinja2 import TemplateNotFound
 from markupsafe import Markup
 
 from app import db
+from app.alerts.channels_io import unknown_channels
 from app.audit import record_event
 from app.auth import client_ip, requires
 from app.db import utcnow
@@ -67,7 +68,7 @@ from app.schedules import (
 )
 from app.settings_store import default_timezone
 from app.steps import STEP_TYPES
-from app.visibility import may_see_job, may_see_tags, restricted_tags
+from app.visibility import live_job, may_see_job, may_see_tags, restricted_tags
 
 bp = Blueprint("editor", __name__)
 
@@ -223,8 +224,8 @@ def delete(job_id: str):
 
 
 def _live_job(job_id: str) -> Job:
-    job = db.session().get(Job, job_id)
-    if job is None or job.deleted_at is not None or not may_see_job(current_user, job):
+    job = live_job(db.session(), job_id)  # exactly this id (MariaDB compares without case)
+    if job is None or not may_see_job(current_user, job):
         abort(404, description=f"There is no job {job_id!r}.")
     return job
 
@@ -252,12 +253,16 @@ def _handle_post(job_id: str | None):
         )
     spec, errors = validate_job(copy.deepcopy(draft))
     if spec is not None:  # the jobs it names exist, and it makes no cycle
-        errors += graph_errors(db.session(), {0: spec})
+        errors += graph_errors(db.session(), {0: spec}, current_user)
     fields = {**errors_by_field(errors), **problems}
+    for line in unknown_channels(db.session(), {0: spec}, set()) if spec else []:
+        fields.setdefault("alerts_channels", line.partition(": ")[2])  # deleted meanwhile
     session = db.session()
     if job_id is None and draft["id"]:
         existing = session.get(Job, draft["id"])
-        if existing is not None and existing.deleted_at is None:
+        if existing is not None and not may_see_job(current_user, existing):
+            fields["id"] = "this id is not available"  # another team's job: neither confirmed
+        elif existing is not None and existing.deleted_at is None:
             fields["id"] = f"a job named {draft['id']!r} already exists"
     if not may_see_tags(current_user, (spec or draft).get("tags")):  # a team edits its own
         allowed = ", ".join(sorted(restricted_tags(current_user)))

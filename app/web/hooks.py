@@ -2,7 +2,11 @@
 
 The trigger answers JSON like the API (app/api/errors.py) and never looks at the session: it is
 a public endpoint (app/auth.py) that authenticates itself with the job's token, sent as
-``Authorization: Bearer`` or, for systems that can only set a URL, as ``?token=``.
+``Authorization: Bearer`` (preferred) or, for systems that can only set a URL, as ``?token=``
+(URLs end up in proxy and server logs). An unknown or deleted job, a job without a hook and a
+wrong token get one same 401, so job ids and which jobs have hooks cannot be probed.
+
+Managing a hook needs job:edit and job:run: a hook starts runs, so it is a way to run the job.
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ from app.audit import record_event
 from app.auth import client_ip, requires
 from app.engine.dispatch import DispatchError
 from app.engine.service import trigger_job
-from app.hooks import disable_hook, hook_enabled, hook_job, issue_hook_token, verify_hook_token
+from app.hooks import disable_hook, hook_enabled, hook_job, issue_hook_token
 from app.models import Job
-from app.permissions import JOB_EDIT
+from app.permissions import JOB_EDIT, JOB_RUN
 from app.tokens import bearer_value
-from app.visibility import may_see_job
+from app.visibility import live_job, may_see_job
 
 bp = Blueprint("hooks", __name__)
+REFUSED = "invalid trigger token"  # one answer for every refusal: nothing to probe
 
 
 @bp.post("/hooks/<job_id>")
@@ -53,6 +58,7 @@ def trigger(job_id: str):
 @requires(JOB_EDIT)
 def manage(job_id: str):
     """Show whether the job has a trigger URL, with buttons to enable, rotate or disable it."""
+    _require_run_permission()
     return _render(_editable_job(job_id))
 
 
@@ -60,6 +66,7 @@ def manage(job_id: str):
 @requires(JOB_EDIT)
 def change(job_id: str):
     """Enable or rotate (shows the new token once), or disable the trigger URL."""
+    _require_run_permission()
     job = _editable_job(job_id)
     session = db.session()
     action = request.form.get("action", "")
@@ -76,12 +83,11 @@ def change(job_id: str):
 
 def _trigger(job_id: str):
     session = db.session()
-    job = hook_job(session, job_id)
-    if job is None:
-        raise ApiError(404, f"There is no trigger URL for {job_id!r}.", {"job": "no such hook"})
     secret = bearer_value(request.headers.get("Authorization")) or request.args.get("token")
-    if not verify_hook_token(job, secret):
-        raise ApiError(401, "Send this job's trigger token (Bearer or ?token=).")
+    job = hook_job(session, job_id, secret)
+    if job is None:
+        raise ApiError(401, REFUSED)
+    job_id = job.id
     wait = min(query_int("wait", 0, 0, MAX_ID), MAX_WAIT_SECONDS)
     params = read_json_object()
     prefix = job.hook_token_prefix
@@ -104,9 +110,15 @@ def _trigger(job_id: str):
     return run_accepted(run.id, wait)
 
 
+def _require_run_permission() -> None:
+    """A hook starts runs: managing one needs job:run too (``requires`` checked job:edit)."""
+    if not current_user.can(JOB_RUN):
+        abort(403, description=f"You need the {JOB_RUN} permission for this.")
+
+
 def _editable_job(job_id: str) -> Job:
-    job = db.session().get(Job, job_id)
-    if job is None or job.deleted_at is not None or not may_see_job(current_user, job):
+    job = live_job(db.session(), job_id)
+    if job is None or not may_see_job(current_user, job):
         abort(404, description=f"There is no job {job_id!r}.")
     return job
 

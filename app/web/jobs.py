@@ -41,6 +41,7 @@ from app.engine.templating import date_helpers, json_safe, render_value
 from app.models import Connector, Job, Run
 from app.permissions import JOB_EDIT, JOB_RUN, JOB_VIEW
 from app.presets import PresetError, delete_preset, get_preset, save_preset
+from app.visibility import live_job
 
 bp = Blueprint("jobs", __name__)
 PAGE_SIZE = 50
@@ -224,8 +225,8 @@ def delete_preset_(job_id: str, name: str):
 
 
 def _visible_job(job_id: str) -> Job:
-    job = db.session().get(Job, job_id)
-    if job is None or job.deleted_at is not None or not may_see(job, current_user):
+    job = live_job(db.session(), job_id)  # exactly this id (MariaDB compares without case)
+    if job is None or not may_see(job, current_user):
         abort(404)
     return job
 
