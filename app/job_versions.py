@@ -11,12 +11,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from app.audit import record_event
+from app.db import utcnow
 from app.job_graph import graph_errors
 
 # the export's readable TOML (code verbatim, defaults left out): one format for files and diffs
 from app.jobs_io import dumps_readably, without_defaults
 from app.jobspec import apply_job, validate_job
-from app.models import JobVersion, User
+from app.models import Job, JobVersion, User
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,16 @@ def diff_definitions(old: dict[str, Any], new: dict[str, Any], labels=("old", "n
         else:
             typed.append(DiffLine("same", line))
     return typed
+
+
+def delete_job(db: Session, job: Job, user: User | None, ip: str = "", via: str = "") -> None:
+    """Soft-delete a job: it leaves the catalogue and the clock; its runs and versions stay
+    readable. The caller commits, then sends ``jobs_changed`` so the clock lets it go."""
+    job.deleted_at = utcnow()
+    detail = {"version": job.version, **({"via": via} if via else {})}
+    record_event(
+        db, "job.delete", user=user, target_type="job", target_id=job.id, ip=ip, detail=detail
+    )
 
 
 def restore_version(db: Session, job_id: str, version: int, user: User | None, ip: str = ""):

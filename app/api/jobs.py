@@ -8,10 +8,9 @@ from flask_login import current_user
 from sqlalchemy.orm import selectinload
 
 from app import db
-from app.audit import record_event
 from app.auth import client_ip, requires
-from app.db import utcnow
 from app.engine.signals import jobs_changed
+from app.job_versions import delete_job as delete_job_softly
 from app.models import Job
 from app.permissions import JOB_DELETE, JOB_EDIT, JOB_RUN, JOB_VIEW
 from app.visibility import live_job, may_see_job
@@ -69,19 +68,8 @@ def update_job(job_id: str):
 @requires(JOB_DELETE)
 def delete_job(job_id: str):
     """Soft-delete the job, as the editor does: it leaves the clock, its runs stay readable."""
-    job = _visible_job(job_id)
-    session = db.session()
-    job.deleted_at = utcnow()
-    record_event(
-        session,
-        "job.delete",
-        user=current_user,
-        target_type="job",
-        target_id=job.id,
-        ip=client_ip(),
-        detail={"version": job.version, "via": "api"},
-    )
-    session.commit()
+    delete_job_softly(db.session(), _visible_job(job_id), current_user, client_ip(), via="api")
+    db.session().commit()
     jobs_changed.send(None)
     return "", 204
 

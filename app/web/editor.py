@@ -27,9 +27,7 @@ from markupsafe import Markup
 
 from app import db
 from app.alerts.channels_io import unknown_channels
-from app.audit import record_event
 from app.auth import client_ip, requires
-from app.db import utcnow
 from app.engine.signals import jobs_changed
 from app.job_forms import (
     ROW,
@@ -42,6 +40,7 @@ from app.job_forms import (
 from app.job_graph import graph_errors
 from app.job_versions import (
     definition_toml,
+    delete_job,
     diff_definitions,
     get_version,
     list_versions,
@@ -205,19 +204,8 @@ def confirm_delete(job_id: str):
 @requires(JOB_DELETE)
 def delete(job_id: str):
     """Soft-delete the job: it leaves the catalogue and the clock; its runs stay readable."""
-    job = _live_job(job_id)
-    session = db.session()
-    job.deleted_at = utcnow()
-    record_event(
-        session,
-        "job.delete",
-        user=current_user,
-        target_type="job",
-        target_id=job.id,
-        ip=client_ip(),
-        detail={"version": job.version},
-    )
-    session.commit()
+    delete_job(db.session(), _live_job(job_id), current_user, client_ip())
+    db.session().commit()
     jobs_changed.send(None)
     flash(f"Deleted job {job_id}. Its runs stay in the history.", "success")
     return redirect(url_for("jobs.index"))

@@ -6,6 +6,8 @@ import threading
 import pytest
 from werkzeug.serving import make_server
 
+from app.engine.service import start_runner, stop_runner
+from app.live import start_live_push, stop_live_push
 from tests.conftest import IN_CI
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -35,6 +37,16 @@ def browser_type_launch_args(browser_type_launch_args):
             pytest.fail(message + " (CI=true: a missing service is a failure)")
         pytest.skip(message)
     return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROME_ARGS}
+
+
+@pytest.fixture
+def engine(app):
+    """This app's runner and live pushes, as `nomaflow serve` starts them."""
+    start_runner(app)
+    start_live_push(app)
+    yield
+    stop_live_push(app)
+    stop_runner(app)
 
 
 @pytest.fixture

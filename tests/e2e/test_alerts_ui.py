@@ -1,26 +1,14 @@
 """An operator sees the bell count rise, live, when a failing run alerts an in-app channel."""
 
-import pytest
 from playwright.sync_api import Page, expect
 
 from app.alerts.channels import save_channel
 from app.crypto import vault
 from app.db import get_database
 from app.engine.dispatch import dispatch
-from app.engine.service import start_runner, stop_runner
-from app.live import start_live_push, stop_live_push
 from tests.e2e.test_catalogue_ui import open_catalogue
 from tests.e2e.test_sign_in import watch_console
 from tests.engine_helpers import make_job, python_step, wait_for_run
-
-
-@pytest.fixture
-def engine(app):
-    start_runner(app)
-    start_live_push(app)
-    yield
-    stop_live_push(app)
-    stop_runner(app)
 
 
 def test_the_bell_counts_a_failed_run_live_and_the_list_marks_it_read(

@@ -2,11 +2,8 @@
 
 import re
 
-import pytest
 from playwright.sync_api import Page, expect
 
-from app.engine.service import start_runner, stop_runner
-from app.live import start_live_push, stop_live_push
 from tests.conftest import PASSWORD
 from tests.e2e.test_sign_in import watch_console
 from tests.engine_helpers import make_job, python_step
@@ -19,15 +16,6 @@ def open_catalogue(page: Page, base: str, username: str) -> None:
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(base + "/jobs")
-
-
-@pytest.fixture
-def engine(app):
-    start_runner(app)
-    start_live_push(app)
-    yield
-    stop_live_push(app)
-    stop_runner(app)
 
 
 def test_operator_runs_a_job_with_parameters_and_watches_it_succeed(

@@ -1,20 +1,8 @@
 """A person creates a job with two steps in the editor, sees the cron preview, saves, runs it."""
 
-import pytest
 from playwright.sync_api import Page, expect
 
-from app.engine.service import start_runner, stop_runner
-from app.live import start_live_push, stop_live_push
 from tests.e2e.test_sign_in import sign_in, watch_console
-
-
-@pytest.fixture
-def engine(app):
-    start_runner(app)
-    start_live_push(app)
-    yield
-    stop_live_push(app)
-    stop_runner(app)
 
 
 def test_create_a_job_with_two_steps_preview_the_cron_save_and_run_it(

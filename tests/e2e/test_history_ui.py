@@ -1,24 +1,12 @@
 """A person watches the run history: new runs appear at the top while the page is open."""
 
-import pytest
 from playwright.sync_api import Page, expect
 
 from app.crypto import vault
 from app.db import get_database
 from app.engine.dispatch import dispatch
-from app.engine.service import start_runner, stop_runner
-from app.live import start_live_push, stop_live_push
 from tests.e2e.test_sign_in import sign_in, watch_console
 from tests.engine_helpers import make_job, python_step, wait_for_run
-
-
-@pytest.fixture
-def engine(app):
-    start_runner(app)
-    start_live_push(app)
-    yield
-    stop_live_push(app)
-    stop_runner(app)
 
 
 def test_a_new_run_appears_live_at_the_top_of_the_history(page: Page, live_server, app, engine):

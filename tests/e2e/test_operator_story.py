@@ -9,7 +9,6 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.test_catalogue_ui import engine  # noqa: F401 (the runner and live pushes: a fixture)
 from tests.e2e.test_sign_in import sign_in, watch_console
 
 

@@ -1,21 +1,9 @@
 """A person watches a run's log lines arrive live, filters them, and aborts a run."""
 
-import pytest
 from playwright.sync_api import Page, expect
 
-from app.engine.service import start_runner, stop_runner
-from app.live import start_live_push, stop_live_push
 from tests.e2e.test_sign_in import sign_in, watch_console
 from tests.engine_helpers import make_job, python_step, wait_for_run
-
-
-@pytest.fixture
-def engine(app):
-    start_runner(app)
-    start_live_push(app)
-    yield
-    stop_live_push(app)
-    stop_runner(app)
 
 
 def test_run_now_opens_the_run_page_and_lines_arrive_live(page: Page, live_server, app, engine):
