@@ -8,11 +8,11 @@ more than it shows, walking the primary key downwards from ``before``.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime, time, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from app.list_filters import QueryFilter, day_errors, day_range_clauses
 from app.models import AuditEvent
 
 PAGE_SIZE = 100
@@ -20,7 +20,7 @@ ANY_OF = ".*"  # "job.*": every action starting with "job."
 
 
 @dataclass(frozen=True)
-class AuditFilter:
+class AuditFilter(QueryFilter):
     """What the audit form asks for; empty strings mean "any"."""
 
     user: str = ""
@@ -33,19 +33,10 @@ class AuditFilter:
     def from_args(cls, args) -> tuple[AuditFilter, dict[str, str]]:
         """Read the query string; return the filter and a message per unusable field."""
         values = {f.name: (args.get(f.name) or "").strip()[:128] for f in fields(cls)}
-        errors = {}
-        for name in ("since", "until"):
-            if values[name] and _parse_day(values[name]) is None:
-                errors[name] = f"{values[name]!r} is not a date like 2025-01-31"
-                values[name] = ""
+        errors = day_errors(values)
+        for name in errors:
+            values[name] = ""
         return cls(**values), errors
-
-    def is_empty(self) -> bool:
-        return not any(getattr(self, f.name) for f in fields(self))
-
-    def query_args(self) -> dict[str, str]:
-        """The non-empty fields, for links that keep the filter (the Older link)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
 
 
 @dataclass
@@ -109,15 +100,4 @@ def _clauses(audit_filter: AuditFilter) -> list:
             clauses += [AuditEvent.target_type == kind, AuditEvent.target_id == target_id]
         else:
             clauses.append(AuditEvent.target_id == audit_filter.target)
-    if since := _parse_day(audit_filter.since):
-        clauses.append(AuditEvent.at >= since)
-    if until := _parse_day(audit_filter.until):
-        clauses.append(AuditEvent.at < until + timedelta(days=1))
-    return clauses
-
-
-def _parse_day(text: str) -> datetime | None:
-    try:
-        return datetime.combine(date.fromisoformat(text), time(), UTC) if text else None
-    except ValueError:
-        return None
+    return clauses + day_range_clauses(AuditEvent.at, audit_filter.since, audit_filter.until)

@@ -7,18 +7,18 @@ a page reads its 50 rows from an index at any depth. The date range is on ``queu
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime, time, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from app.list_filters import QueryFilter, day_errors, day_range_clauses
 from app.models import RUN_STATES, RUN_TRIGGERS, Run, User
 
 PAGE_SIZE = 50
 
 
 @dataclass(frozen=True)
-class RunFilter:
+class RunFilter(QueryFilter):
     """What the history form asks for; empty strings mean "any"."""
 
     job: str = ""
@@ -38,19 +38,10 @@ class RunFilter:
             errors["state"] = f"unknown state {values['state']!r}"
         if values["trigger"] and values["trigger"] not in RUN_TRIGGERS:
             errors["trigger"] = f"unknown trigger {values['trigger']!r}"
-        for name in ("since", "until"):
-            if values[name] and _parse_day(values[name]) is None:
-                errors[name] = f"{values[name]!r} is not a date like 2025-01-31"
+        errors |= day_errors(values)
         for name in errors:
             values[name] = ""
         return cls(**values), errors
-
-    def is_empty(self) -> bool:
-        return not any(getattr(self, f.name) for f in fields(self))
-
-    def query_args(self) -> dict[str, str]:
-        """The non-empty fields, for links that keep the filter (the Older link)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
 
 
 @dataclass
@@ -106,11 +97,7 @@ def filter_clauses(run_filter: RunFilter) -> list:
     if run_filter.user:
         user_id = sa.select(User.id).where(User.username == run_filter.user).scalar_subquery()
         clauses.append(Run.triggered_by == user_id)
-    if since := _parse_day(run_filter.since):
-        clauses.append(Run.queued_at >= since)
-    if until := _parse_day(run_filter.until):
-        clauses.append(Run.queued_at < until + timedelta(days=1))
-    return clauses
+    return clauses + day_range_clauses(Run.queued_at, run_filter.since, run_filter.until)
 
 
 def run_matches(db: Session, run_id: int, run_filter: RunFilter) -> bool:
@@ -135,10 +122,3 @@ def newest_page_floor(db: Session, size: int = PAGE_SIZE) -> int:
 
 def usernames(db: Session) -> list[str]:
     return list(db.scalars(sa.select(User.username).order_by(User.username)))
-
-
-def _parse_day(text: str) -> datetime | None:
-    try:
-        return datetime.combine(date.fromisoformat(text), time(), UTC) if text else None
-    except ValueError:
-        return None
