@@ -105,3 +105,23 @@ def test_an_unexpected_error_is_a_500_page_in_the_layout_with_an_incident_id(app
     assert "the disk is on fire" not in html  # details stay in the server log
     logged = [r for r in caplog.records if f"incident {incident}" in r.getMessage()]
     assert logged and "the disk is on fire" in str(logged[0].exc_info[1])
+
+
+def test_a_500_whose_layout_fails_too_is_still_a_page_with_the_incident_id(app, as_user):
+    database_gone = []
+
+    def broken():
+        database_gone.append(True)
+        raise RuntimeError("the database went away")
+
+    def layout_needs_the_database():
+        if database_gone:
+            raise RuntimeError("still gone")  # as the bell and the signed-in user would
+        return {}
+
+    app.add_url_rule("/broken", "broken", broken)
+    app.context_processor(layout_needs_the_database)
+    response = as_user("vera").get("/broken")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 500
+    assert "500 · Server error" in html and re.search(r"Incident [0-9a-f]{8} is in the", html)

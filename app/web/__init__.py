@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 
 from flask import Flask, jsonify, render_template, request
 from flask_login import current_user
+from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
-from app import __version__
+from app import __version__, db
 from app.db import utcnow
 from app.engine.history import duration_text
 from app.relative_time import time_tag
@@ -104,19 +106,26 @@ def _http_error(error: HTTPException):
 def _unexpected_error(error: Exception):
     """Log the traceback under a short incident id and answer 500 (JSON under /api/)."""
     incident = secrets.token_hex(4)
-    logging.getLogger("app.web").error(
-        "incident %s: %s %s failed", incident, request.method, request.path, exc_info=error
-    )
-    try:
-        from app import db
-
-        db.session().rollback()  # the page below may read the user; never from a failed transaction
-    except Exception:
-        pass
+    log = logging.getLogger("app.web")
+    log.error("incident %s: %s %s failed", incident, request.method, request.path, exc_info=error)
+    with contextlib.suppress(Exception):  # the page reads the user: not from a failed transaction
+        db.session().rollback()
     message = f"Something went wrong on our side. Incident {incident} is in the server log."
     if request.path.startswith("/api/"):
         return jsonify(error="internal_error", message=message, fields={}), 500
-    page = render_template(
-        "errors/error.html", code=500, title="Server error", message=message, incident=incident
-    )
+    try:
+        page = render_template(
+            "errors/error.html", code=500, title="Server error", message=message, incident=incident
+        )
+    except Exception:  # the layout needs the database (user, bell): when that is what failed
+        log.warning("incident %s: the error page fell back to plain HTML", incident, exc_info=True)
+        page = PLAIN_ERROR_PAGE.format(message=escape(message))
     return page, 500
+
+
+PLAIN_ERROR_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>500 · Server error · Nomaflow</title>
+<link rel="stylesheet" href="/static/css/app.css"></head>
+<body><main class="container"><h1>500 · Server error</h1><p>{message}</p>
+<p><a href="/">Back to the dashboard</a></p></main></body></html>
+"""
