@@ -277,6 +277,8 @@ def test_repeats_within_the_window_are_grouped_counted_and_told_when_the_window_
         with get_database(app).session_scope() as db:  # ten minutes pass (the watcher is slow)
             for event in db.scalars(sa.select(AlertEvent)):
                 event.created_at -= timedelta(minutes=11)
+                if event.sent_at is not None:
+                    event.sent_at -= timedelta(minutes=11)
         fourth = run(app, "nightly")
         wait_until(lambda: len(posted(receiver, "/echo/hook")) == 2)
         last = posted(receiver, "/echo/hook")[-1]
@@ -287,13 +289,22 @@ def test_repeats_within_the_window_are_grouped_counted_and_told_when_the_window_
         wait_until(lambda: len(events(app)) == 6)
         assert [e.state for e in events(app)][-2:] == ["GROUPED", "GROUPED"]
         with get_database(app).session_scope() as db:  # ...and their window closes, quietly
-            for event in db.scalars(sa.select(AlertEvent).where(AlertEvent.id > 4)):
-                event.next_attempt_at -= timedelta(minutes=11)
+            for event in db.scalars(sa.select(AlertEvent)):
+                event.created_at -= timedelta(minutes=11)
+                if event.sent_at is not None:
+                    event.sent_at -= timedelta(minutes=11)
+                if event.next_attempt_at is not None:
+                    event.next_attempt_at -= timedelta(minutes=11)
         wait_until(lambda: len(posted(receiver, "/echo/hook")) == 3, what="the digest")
         digest = posted(receiver, "/echo/hook")[-1]  # the last held, counting the one before
         assert digest["run_id"] == sixth["id"] and digest["grouped"] == 1
         assert "(+1 similar since " in digest["title"] and fifth["id"] < sixth["id"]
         assert [e.state for e in settled(app)][-2:] == ["GROUPED", "SENT"]
+
+        run(app, "nightly")  # the digest just went out: its window starts now, not 11 min ago
+        wait_until(lambda: len(events(app)) == 7)
+        assert events(app)[-1].state == "GROUPED"
+        assert len(posted(receiver, "/echo/hook")) == 3
     finally:
         stop_runner(app)
 
@@ -318,12 +329,15 @@ def test_a_new_failure_streak_is_told_even_within_the_grouping_window(make_app, 
         stop_runner(app)
 
 
-def test_in_app_alerts_reach_only_users_whose_role_may_see_the_job(app, runner):
+def test_in_app_alerts_reach_only_users_whose_role_may_see_the_job(app, runner, as_user):
     from app.models import Role
+    from tests.conftest import PASSWORD_HASH
 
     with get_database(app).session_scope() as db:  # operators work on team-data jobs only
         db.scalar(sa.select(Role).where(Role.name == "operator")).job_tags = ["team-data"]
-    add_channel(app, "bell", "in_app", roles=["operator", "admin"])
+        mailroom = Role(name="mailroom", permissions=["connector:view"])  # sees no job at all
+        db.add(User(username="mo", role=mailroom, password_hash=PASSWORD_HASH))
+    add_channel(app, "bell", "in_app", roles=["operator", "admin", "mailroom"])
     steps = [python_step("load", FAILING_CODE)]
     alerts = {"channels": ["bell"], "on_failure": True}
     make_job(app, "team-job", steps, alerts=alerts, tags=["team-data"])
@@ -338,19 +352,31 @@ def test_in_app_alerts_reach_only_users_whose_role_may_see_the_job(app, runner):
         ).all()
     assert sorted(notified) == sorted(
         [(ours["id"], "ada"), (ours["id"], "otto"), (theirs["id"], "ada")]
-    )
+    )  # mo's role lacks job:view: no run of any job reaches mo
+
+    ada = as_user("ada")  # nor does the channel's test alert
+    headers = {"X-CSRFToken": csrf_token(ada, "/settings/channels")}
+    answer = ada.post("/settings/channels/bell/test", headers=headers).get_data(as_text=True)
+    assert "notified 2 user(s)" in answer
+    with get_database(app).session_scope() as db:
+        tested = db.scalars(
+            sa.select(User.username).join(Notification).where(Notification.run_id.is_(None))
+        ).all()
+    assert sorted(tested) == ["ada", "otto"]
 
 
 HOSTILE_CODE = """
 ctx.log.info("<!channel> look <b>x</b> & <https://evil.example|Open run>")
-raise RuntimeError("<!channel> <b>x</b> & <https://evil.example|Open run>")
+ctx.log.info("[Reset your password](https://evil.example) *now* _or_ `never` ~ok~")
+raise RuntimeError("<!channel> <b>x</b> & <https://evil.example|Open run> [Log in](https://x.example)")
 """
 
 
 def test_slack_and_teams_show_run_text_as_text(app, runner, receiver):
     add_channel(app, "chat", "slack", url=f"{receiver.url}/echo/slack")
     add_channel(app, "teams", "teams", url=f"{receiver.url}/echo/teams")
-    alerts = {"channels": ["chat", "teams"], "on_failure": True}
+    subject = "{{ job.id }} *failed*: [Reset your password](https://evil.example)"
+    alerts = {"channels": ["chat", "teams"], "on_failure": True, "subject": subject}
     make_job(app, "nightly", [python_step("load", HOSTILE_CODE)], alerts=alerts)
 
     document = run(app, "nightly")
@@ -371,8 +397,38 @@ def test_slack_and_teams_show_run_text_as_text(app, runner, receiver):
     )
     failing = next(f["value"] for f in section["facts"] if f["name"] == "Failing step")
     assert failing == "load: RuntimeError: &lt;!channel&gt; &lt;b&gt;x&lt;/b&gt; &amp; " + (
-        "&lt;https://evil.example|Open run&gt;"
+        "&lt;https://evil.example|Open run&gt; [Log in](https://x.example)"
     )
+    # the section renders no Markdown, so its text shows as written; the card title (always
+    # Markdown) has every sign backslashed: no link or emphasis is left to render anywhere
+    assert section["markdown"] is False
+    assert "[Reset your password](https://evil.example) *now* _or_ `never` ~ok~" in section["text"]
+    assert section["activityTitle"] == (
+        "nightly *failed*: [Reset your password](https://evil.example)"
+    )
+    assert teams["title"] == (
+        "\\[Nomaflow\\] nightly \\*failed\\*: \\[Reset your password\\](https://evil.example)"
+    )
+
+
+def test_slack_keeps_the_end_of_one_long_last_log_line(app, runner, receiver):
+    from app.engine.dispatch import request_abort
+
+    add_channel(app, "chat", "slack", url=f"{receiver.url}/echo/slack")
+    code = (  # one JSON document of 5,000 characters, the last line while the run goes on
+        'ctx.log.info("{" + "a" * 4990 + "[end]}")\n'
+        "import time\nwhile not ctx.is_cancelled():\n    time.sleep(0.05)"
+    )
+    alerts = {"channels": ["chat"], "long_run_minutes": 0.01}  # told after 0.6 s
+    make_job(app, "dump", [python_step("load", code)], alerts=alerts)
+
+    started = dispatch(get_database(app), vault(app), "dump", "manual", None)
+    (slack,) = wait_until(lambda: posted(receiver, "/echo/slack"))
+    request_abort(get_database(app), started.id)
+    assert wait_for_run(app, started.id)["state"] == "CANCELED"
+    tail = slack["blocks"][-1]["text"]["text"]
+    assert tail.startswith("```a") and tail.endswith("a[end]}```")
+    assert 2800 < len(tail) <= 3000
 
 
 def test_an_email_subject_is_one_line_however_the_template_breaks_it(app, runner, smtp_sink):

@@ -2,12 +2,14 @@
 
 Each function raises DeliveryFailed with a reason that never holds a secret (webhook URLs are
 secrets: the reason names the host at most). What comes from a run (job data, errors, log
-lines, rendered templates) is escaped for each receiver: Slack's ``& < >``, Teams' HTML.
+lines, rendered templates) is escaped for each receiver: Slack's ``& < >``, Teams' HTML and
+Markdown (its sections also say ``"markdown": false``).
 """
 
 from __future__ import annotations
 
 import html
+import re
 import smtplib
 from email.message import EmailMessage
 from typing import Any
@@ -23,10 +25,14 @@ from app.connectors.smtp import open_smtp
 from app.connectors.store import load_connector
 from app.crypto import SecretsVault
 from app.models import Job, Notification, Role, User
+from app.permissions import JOB_VIEW
 from app.visibility import may_see_tags
 
 HTTP_TIMEOUT = (5, 10)  # connect, read
 COLOURS = {"error": "C62828", "warning": "EF6C00", "info": "2E7D32"}
+SLACK_TAIL = 2900  # characters of log lines in one block (Slack takes 3000)
+MARKDOWN_INLINE = str.maketrans({c: "\\" + c for c in "\\`*_[]~"})
+MARKDOWN_LINE_START = re.compile(r"^([ \t]*)([-+=#]|\d+[.)])", re.MULTILINE)
 
 
 class DeliveryFailed(Exception):
@@ -108,16 +114,33 @@ def slack_body(payload: dict) -> dict[str, Any]:
     ]
     if payload.get("last_lines"):
         tail = slack_text("\n".join(payload["last_lines"]))
-        if len(tail) > 2900:  # Slack takes 3000 characters: keep the last whole lines
-            tail = tail[-2900:].partition("\n")[2]
+        if len(tail) > SLACK_TAIL:  # keep the last whole lines, or the end of one long line
+            tail = tail[-SLACK_TAIL:]
+            if "\n" in tail:
+                tail = tail.partition("\n")[2]
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"```{tail}```"}})
     return {"text": f"{title} {payload['url']}", "blocks": blocks}
 
 
+def teams_text(text: Any) -> str:
+    """Escape text for a Teams card: Markdown backslashed, then HTML, so it all stays text."""
+    escaped = str(text).translate(MARKDOWN_INLINE)
+    escaped = MARKDOWN_LINE_START.sub(_escape_line_start, escaped)
+    return html.escape(escaped)
+
+
+def _escape_line_start(match: re.Match) -> str:
+    indent, marker = match.groups()  # "- item", "# title", "1. item": backslash the sign
+    return f"{indent}{marker[:-1]}\\{marker[-1]}"
+
+
 def teams_body(payload: dict) -> dict[str, Any]:
     """A Microsoft Teams MessageCard (incoming webhooks and workflow connectors read it)."""
-    section: dict[str, Any] = {  # Teams reads HTML in these: every value is escaped
-        "activityTitle": html.escape(payload["title"]),
+    # Teams reads HTML everywhere and Markdown in the card title; the section has Markdown off,
+    # so its values are only HTML-escaped (backslashes there would show), the title both.
+    section: dict[str, Any] = {
+        "markdown": False,
+        "activityTitle": html.escape(str(payload["title"])),
         "facts": [{"name": k, "value": html.escape(str(v))} for k, v in _facts(payload)],
     }
     if payload.get("last_lines"):
@@ -127,7 +150,7 @@ def teams_body(payload: dict) -> dict[str, Any]:
         "@context": "https://schema.org/extensions",
         "summary": subject_line(payload),
         "themeColor": COLOURS.get(payload.get("level", "info"), COLOURS["info"]),
-        "title": html.escape(subject_line(payload)),
+        "title": teams_text(subject_line(payload)),
         "sections": [section],
         "potentialAction": [
             {
@@ -160,8 +183,8 @@ def webhook_body(payload: dict) -> dict[str, Any]:
 
 
 def notify_users(db: Session, values: dict, payload: dict) -> list[int]:
-    """Add one Notification per active user of the channel's roles who may see the job (a role
-    limited to tags hears only of its jobs); return their ids."""
+    """Add one Notification per active user of the channel's roles who may see the job (holds
+    job:view; a role limited to tags hears only of its jobs); return their ids."""
     roles = values.get("roles") or []
     job = db.get(Job, payload["job"])
     tags = job.tags if job is not None else payload.get("tags")
@@ -172,7 +195,9 @@ def notify_users(db: Session, values: dict, payload: dict) -> list[int]:
         .order_by(User.id)
     )
     test = payload.get("rule") == "test"  # a channel's test alert tells of no job
-    user_ids = [user.id for user in users if test or may_see_tags(user, tags)]
+    user_ids = [
+        user.id for user in users if user.can(JOB_VIEW) and (test or may_see_tags(user, tags))
+    ]
     for user_id in user_ids:
         db.add(
             Notification(

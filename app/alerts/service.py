@@ -2,8 +2,9 @@
 
 The hook runs on the runner's after-run thread: it decides the rules a finished run fires,
 records one AlertEvent per rule and channel (GROUPED when the same job and rule alerted that
-channel within the grouping window; never for the once-per-streak rules) and delivers the new
-ones. The next alert sent counts the GROUPED ones ("+N similar since …"); a GROUPED event waits
+channel within the grouping window, timed from when that last alert was sent; never for the
+once-per-streak rules) and delivers the new ones. The next alert sent counts the GROUPED ones
+("+N similar since …"); a GROUPED event waits
 with ``next_attempt_at`` set to the end of its window, and when that passes with no alert sent
 meanwhile the watcher delivers the last one held, counting the others (the digest). The watcher,
 every NOMAFLOW_ALERT_POLL_SECONDS, also alerts runs RUNNING longer than their job's
@@ -111,8 +112,10 @@ class AlertService:
         )
         window = timedelta(seconds=self.group_seconds)
         groups = self.group_seconds and not firing.once_per_streak
-        if groups and last is not None and now - last.created_at < window:
-            state, grouped, since, due = "GROUPED", 0, "", last.created_at + window
+        # timed from the sending: a digest goes out long after its event was created
+        told_at = (last.sent_at or last.created_at) if last is not None else None
+        if groups and told_at is not None and now - told_at < window:
+            state, grouped, since, due = "GROUPED", 0, "", told_at + window
         else:
             grouped, since = claim_held(db, same)
             state, due = "PENDING", now
