@@ -73,7 +73,8 @@ def test_schedule_page_counts_fires_by_hour_in_the_given_zone_and_flags_collisio
     assert sum(flagged for _, flagged, _ in rows) >= 6
     assert "⚠ 2 jobs this hour" in html and "14 fires of enabled jobs" in html
     assert "<details" in html and "<summary>" in html  # names on expansion, keyboard included
-    assert '<option value="Europe/Paris">' in html
+    assert 'hx-get="/schedule/zones"' in html  # zone names come when the field is focused
+    assert '<option value="Europe/Paris">' in vera.get("/schedule/zones").get_data(as_text=True)
     assert '<a href="/schedule" aria-current="page">Schedule</a>' in html
     utc = vera.get("/schedule").get_data(as_text=True)
     assert {hour for hour, _, _ in hour_rows(utc)} == {"09:00"}

@@ -5,7 +5,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo, available_timezones
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, render_template, request
+from flask import Blueprint, abort, make_response, render_template, request
 from flask_login import current_user
 
 from app import db
@@ -44,7 +44,6 @@ def index():
         "schedule/index.html",
         zone=zone,
         zone_name=zone_name,
-        zones=ZONES,
         error=error,
         days=days,
         crowded=sum(slot.collides for slots in days.values() for slot in slots),
@@ -54,6 +53,16 @@ def index():
         INLINE_JOBS=INLINE_JOBS,
         tz_query="" if zone_name == "UTC" else f"&tz={quote(zone_name)}",
     )
+
+
+@bp.get("/schedule/zones")
+@requires(JOB_VIEW)
+def zones():
+    """The IANA zone names for the zone field's suggestions (fetched on first focus)."""
+    response = make_response(render_template("schedule/_zones.html", zones=ZONES))
+    response.cache_control.max_age = 3600
+    response.cache_control.private = True
+    return response
 
 
 @bp.get("/schedule/hour")
