@@ -16,18 +16,24 @@ stored versions; every other live job in the database counts as it is.
 A job the saving user may not see (app/visibility.py) is named exactly like one that does not
 exist, so a team cannot chain to, call or wait on another team's job, nor learn its id; a cycle
 through such a job is refused without naming it. ``user=None`` (the CLI) sees every job.
+
+Only a NEW reference is refused so: an edge the job's stored definition already has (same kind,
+same target; an admin chained the team's job to another team's) is kept, so the team can still
+save its own job (``before``: the stored definitions of the jobs being saved, as
+``python_code_problems`` takes them for Python code).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app.jobspec import SpecError
+from app.jobspec import SpecError, job_definition
 from app.models import Job, Step
 from app.visibility import may_see_tags, visible_job_ids
 
@@ -53,9 +59,24 @@ class JobGraph:
         graph.setdefault(edge.source, []).append(edge)
 
 
-def graph_errors(db: Session, specs: dict[int, dict[str, Any]], user=None) -> list[SpecError]:
-    """Every unknown job named and every cycle made by ``specs`` (index in the file → spec)."""
-    return reference_errors(db, specs, user=user) + cycle_errors(db, specs, user=user)
+def graph_errors(
+    db: Session, specs: dict[int, dict[str, Any]], user=None, before: Iterable[dict] = ()
+) -> list[SpecError]:
+    """Every unknown job named and every cycle made by ``specs`` (index in the file → spec);
+    ``before``: the stored definitions of the jobs being saved (their edges are kept)."""
+    errors = reference_errors(db, specs, user=user, before=before)
+    return errors + cycle_errors(db, specs, user=user)
+
+
+def stored_definitions(db: Session, job_ids: Iterable[str], user=None) -> list[dict[str, Any]]:
+    """The definitions of the live jobs with exactly these ids that ``user`` may see."""
+    wanted = set(job_ids)
+    if not wanted:
+        return []
+    jobs = db.scalars(sa.select(Job).where(Job.id.in_(wanted), Job.deleted_at.is_(None)))
+    return [
+        job_definition(job) for job in jobs if job.id in wanted and may_see_tags(user, job.tags)
+    ]
 
 
 def spec_edges(index: int, spec: dict[str, Any]) -> list[Edge]:
@@ -80,9 +101,11 @@ def reference_errors(
     kinds: tuple[str, ...] = EDGE_KINDS,
     in_file: set[str] | None = None,
     user=None,
+    before: Iterable[dict] = (),
 ) -> list[SpecError]:
     """Name each job of ``kinds`` edges that is neither saved with these nor live in the db
-    and visible to ``user`` (None: every live job counts)."""
+    and visible to ``user`` (None: every live job counts); a live job ``user`` may not see is
+    kept where an edge of ``before`` (stored definitions) already names it."""
     saved = {spec["id"] for spec in specs.values()} | (in_file or set())
     edges = [
         edge
@@ -91,15 +114,20 @@ def reference_errors(
         if edge.kind in kinds and edge.target not in saved
     ]
     outside = {edge.target for edge in edges}
-    stored = set()
+    live: dict[str, bool] = {}  # live job id (exactly) → may the user see it
     if outside:
         query = sa.select(Job.id, Job.tags).where(Job.id.in_(outside), Job.deleted_at.is_(None))
-        stored = {job_id for job_id, tags in db.execute(query) if may_see_tags(user, tags)}
+        live = {job_id: may_see_tags(user, tags) for job_id, tags in db.execute(query)}
+    kept = {_key(edge) for definition in before for edge in spec_edges(0, definition)}
     return [
         SpecError(edge.path, f"unknown job {edge.target!r}")
         for edge in edges
-        if edge.target not in stored
+        if edge.target not in live or not (live[edge.target] or _key(edge) in kept)
     ]
+
+
+def _key(edge: Edge) -> tuple[str, str, str]:
+    return edge.source, edge.kind, edge.target
 
 
 def cycle_errors(db: Session, specs: dict[int, dict[str, Any]], user=None) -> list[SpecError]:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import record_event
 from app.db import utcnow
-from app.job_graph import graph_errors
+from app.job_graph import graph_errors, stored_definitions
 
 # the export's readable TOML (code verbatim, defaults left out): one format for files and diffs
 from app.jobs_io import dumps_readably, without_defaults
@@ -105,7 +105,8 @@ def restore_version(db: Session, job_id: str, version: int, user: User | None, i
     # a stored definition holds None for "not set"; validate it as its export would read
     spec, errors = validate_job(without_defaults(copy.deepcopy(stored.definition)))
     if spec is not None:  # jobs named since deleted, or a cycle made since by other jobs
-        errors = graph_errors(db, {0: spec}, user)  # only jobs the restoring user may see
+        # only jobs the restoring user may see, or that the current definition already names
+        errors = graph_errors(db, {0: spec}, user, stored_definitions(db, [job_id], user))
     if errors:
         raise ValueError("; ".join(str(error) for error in errors))
     return apply_job(db, spec, user, ip)

@@ -23,7 +23,7 @@ from app.alerts.channels_io import (
 from app.connectors import DEFAULT_CONNECTOR
 from app.connectors.store import export_connector, save_connector
 from app.crypto import SecretsVault
-from app.job_graph import cycle_errors, reference_errors
+from app.job_graph import cycle_errors, reference_errors, stored_definitions
 from app.jobspec import (
     JOB_DEFAULTS,
     PARAM_DEFAULTS,
@@ -281,8 +281,10 @@ def _read_jobs(db: Session, document: dict, errors: list[str], user=None) -> dic
             first_index[job_id] = index
         if spec is not None:
             specs[index] = spec
-    # then, depends_on, call_job: a job the importing user may not see counts as unknown
-    unknown = reference_errors(db, specs, in_file=set(first_index), user=user)
+    # then, depends_on, call_job: a job the importing user may not see counts as unknown,
+    # unless the stored definition of the job being imported already names it
+    before = stored_definitions(db, first_index, user) if user is not None else ()
+    unknown = reference_errors(db, specs, in_file=set(first_index), user=user, before=before)
     errors.extend(str(problem) for problem in unknown + cycle_errors(db, specs, user))
     return specs
 

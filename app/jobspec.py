@@ -21,6 +21,7 @@ from app.audit import record_event
 from app.models import Job, JobVersion, Step, User
 from app.schedules import ScheduleError, build_trigger, parse_timezone
 from app.steps import get_step_type
+from app.visibility import stored_job
 
 JOB_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 PARAM_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # templates say params.NAME
@@ -456,7 +457,7 @@ def _step_definition(step: Step) -> dict[str, Any]:
 
 def plan_job(db: Session, spec: dict[str, Any]) -> str:
     """Say what apply_job would do with ``spec``: "created", "updated" or "unchanged"."""
-    job = db.get(Job, spec["id"])
+    job = stored_job(db, spec["id"])
     if job is None or job.deleted_at is not None:
         return "created"
     return "unchanged" if job_definition(job) == spec else "updated"
@@ -471,7 +472,7 @@ def apply_job(db: Session, spec: dict[str, Any], user: User | None, ip: str = ""
     outcome = plan_job(db, spec)
     if outcome == "unchanged":
         return outcome
-    job = db.get(Job, spec["id"])
+    job = stored_job(db, spec["id"])  # exactly this id (MariaDB compares without case)
     before = job_definition(job) if outcome == "updated" else None
     revived = job is not None and job.deleted_at is not None
     if job is None:

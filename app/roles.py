@@ -22,6 +22,7 @@ from app.permissions import (
     SETTINGS_ADMIN,
     USER_ADMIN,
 )
+from app.users import an_active_admin_exists, lock_admin_changes
 
 ROLE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TAG_PATTERN = re.compile(r"^[^\s,]{1,64}$")
@@ -128,9 +129,11 @@ def update_role(
     """Change a role's description, permissions or tag limit; return what changed (old, new).
 
     The built-in admin role keeps ``user:admin`` and every job, and no change may leave the
-    installation without an active user who can administer users.
+    installation without an active user who can administer users (refused after the change is
+    flushed: the caller rolls back).
     """
     changes: dict = {}
+    removes_admin = False
     if description is not None and _description(description) != role.description:
         changes["description"] = [role.description, _description(description)]
     if permissions is not None:
@@ -138,8 +141,7 @@ def update_role(
         if set(wanted) != set(role.permissions):
             if role.builtin and role.name == ADMIN_ROLE and USER_ADMIN not in wanted:
                 raise RoleError("permissions", "The admin role keeps user:admin: never lock out.")
-            if USER_ADMIN in role.permissions and USER_ADMIN not in wanted:
-                _keep_an_admin(db, role)
+            removes_admin = USER_ADMIN in role.permissions and USER_ADMIN not in wanted
             changes["permissions"] = [role.permissions, wanted]
     if job_tags is not ... and job_tags != role.job_tags:
         if role.builtin and role.name == ADMIN_ROLE:
@@ -147,8 +149,15 @@ def update_role(
         changes["job_tags"] = [role.job_tags, job_tags]
     if not changes:
         return changes
+    if removes_admin:
+        lock_admin_changes(db)  # before the change: another admin change waits for this one
     for field, (_old, new) in changes.items():
         setattr(role, field, new)
+    if removes_admin and not an_active_admin_exists(db):  # the caller rolls back
+        raise RoleError(
+            "permissions",
+            f"Only users of {role.name} can administer users: keep user:admin here.",
+        )
     record_event(
         db,
         "role.update",
@@ -185,13 +194,3 @@ def _checked_permissions(permissions) -> list[str]:
 
 def _description(text: str) -> str:
     return (text or "").strip()[:255]
-
-
-def _keep_an_admin(db: Session, role: Role) -> None:
-    """Refuse taking user:admin from a role when no other active user would keep it."""
-    others = db.scalars(sa.select(User).where(User.active.is_(True), User.role_id != role.id)).all()
-    if not any(USER_ADMIN in user.role.permissions for user in others):
-        raise RoleError(
-            "permissions",
-            f"Only users of {role.name} can administer users: keep user:admin here.",
-        )

@@ -14,11 +14,12 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.audit import record_event
 from app.db import utcnow
-from app.models import AuditEvent, Role, User
+from app.models import AuditEvent, Role, Setting, User
 from app.permissions import USER_ADMIN
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 8
+ADMINS_LOCK_KEY = "lock:admins"  # the settings row every change that may remove an admin takes
 
 
 @functools.cache
@@ -113,21 +114,33 @@ def update_user(
     actor: User | None = None,
     ip: str = "",
 ) -> dict:
-    """Change a user's role, active flag or name; return what changed (old, new)."""
+    """Change a user's role, active flag or name; return what changed (old, new).
+
+    A change that may leave no active administrator is refused (UserError) after it is
+    flushed: the caller rolls back.
+    """
     changes = {}
+    was_admin = user.active and USER_ADMIN in user.role.permissions
+    removes_admin = ""  # the field whose change may take away the last administrator
     if role_name is not None and role_name != user.role.name:
         role = _role(db, role_name)
-        if USER_ADMIN not in role.permissions:
-            _keep_an_admin(db, user, "role")
+        if USER_ADMIN not in role.permissions and was_admin:
+            removes_admin = "role"
         changes["role"] = [user.role.name, role.name]
-        user.role = role
     if active is not None and active != user.active:
         if not active:
             if actor is not None and actor.id == user.id:
                 raise UserError("active", "You cannot deactivate your own account.")
-            _keep_an_admin(db, user, "active")
+            removes_admin = removes_admin or ("active" if was_admin else "")
         changes["active"] = [user.active, active]
+    if removes_admin:
+        lock_admin_changes(db)
+    if "role" in changes:
+        user.role = role
+    if "active" in changes:
         user.active = active
+    if removes_admin and not an_active_admin_exists(db):
+        raise UserError(removes_admin, "This is the last active administrator; keep at least one.")
     if display_name is not None and display_name.strip() != user.display_name:
         changes["display_name"] = [user.display_name, display_name.strip()]
         user.display_name = display_name.strip()
@@ -230,10 +243,34 @@ def _check_password(password: str) -> None:
         raise UserError("password", f"Use at least {MIN_PASSWORD_LENGTH} characters.")
 
 
-def _keep_an_admin(db: Session, user: User, field: str) -> None:
-    """Refuse a change that would leave no active user who can administer users."""
-    if not (user.active and USER_ADMIN in user.role.permissions):
+def lock_admin_changes(db: Session) -> None:
+    """Queue this transaction behind every other change that may take away an administrator.
+
+    Each such change updates one settings row first: PostgreSQL and MariaDB make the second
+    change wait there until the first commits (SQLite has one writer anyway), and its check
+    (an_active_admin_exists) then reads what the first committed.
+    """
+    stamp = {"at": utcnow().isoformat()}
+    lock = sa.update(Setting).where(Setting.key == ADMINS_LOCK_KEY).values(value=stamp)
+    if db.execute(lock).rowcount:
         return
-    admins = db.scalars(sa.select(User).where(User.active.is_(True))).all()
-    if not any(u.id != user.id and USER_ADMIN in u.role.permissions for u in admins):
-        raise UserError(field, "This is the last active administrator; keep at least one.")
+    try:  # the first such change ever: make the row (a concurrent first one may win)
+        with db.begin_nested():
+            db.add(Setting(key=ADMINS_LOCK_KEY, value=stamp))
+            db.flush()
+    except sa.exc.IntegrityError:
+        pass
+    db.execute(lock)
+
+
+def an_active_admin_exists(db: Session) -> bool:
+    """Is there an active user who can administer users, in the latest committed rows and
+    this transaction's own flushed changes? Call after lock_admin_changes."""
+    db.flush()
+    admins = (
+        sa.select(Role.permissions)
+        .join(User, User.role_id == Role.id)
+        .where(User.active.is_(True))
+        .with_for_update()  # a locking read sees the latest rows on REPEATABLE READ too
+    )
+    return any(USER_ADMIN in (permissions or ()) for permissions in db.scalars(admins))

@@ -56,3 +56,10 @@ def live_job(db: Session, job_id: str) -> Job | None:
     if job is None or job.id != job_id or job.deleted_at is not None:
         return None
     return job
+
+
+def stored_job(db: Session, job_id: str) -> Job | None:
+    """The job with exactly this id, deleted or not, or None (``db.get`` ignores case on
+    MariaDB)."""
+    job = db.get(Job, job_id)
+    return job if job is not None and job.id == job_id else None

@@ -5,10 +5,12 @@ import sqlalchemy as sa
 
 from app.db import get_database
 from app.engine.service import start_runner, stop_runner
-from app.models import AuditEvent, JobVersion, Role, Run, User
+from app.jobs_io import import_jobs
+from app.models import AuditEvent, Job, JobVersion, Role, Run, User
 from app.tokens import create_token, list_tokens, revoke_token
-from tests.conftest import PASSWORD_HASH
+from tests.conftest import PASSWORD_HASH, sign_in
 from tests.engine_helpers import make_job, python_step
+from tests.test_editor import new_job_form
 
 TEAM_JOB = {"tags": ["team-data"]}
 
@@ -309,6 +311,30 @@ def test_job_ids_in_urls_are_exact_on_mariadb(make_app, mariadb_url):
     assert ada.post("/jobs/Greet/runs", json={"params": {"who": "x"}}).status_code == 404
     assert ada.get("/jobs/greet").status_code == 200
     assert runs_of(app, "greet") == []
+
+
+def test_an_id_in_capitals_never_revives_a_deleted_job(any_db_app):
+    app = any_db_app  # MariaDB compares ids without case: GREET would find greet
+    ada = Api(app, "ada")
+    body = {"steps": [python_step("say", "ctx.log.info('hi')")]}
+    assert ada.post("/jobs", json={"id": "greet", **body}).status_code == 201
+    assert ada.delete("/jobs/greet").status_code == 204
+    refused = ada.post("/jobs", json={"id": "GREET", **body})
+    assert refused.status_code == 422  # ids are lower case: never another case of one
+    assert list(refused.get_json()["fields"]) == ["id"]
+    editor = app.test_client()
+    sign_in(editor, "ada")
+    assert editor.post("/jobs/new", data=new_job_form(editor, id="GREET")).status_code == 422
+    toml = '[[jobs]]\nid = "GREET"\n[[jobs.steps]]\nname = "s"\ntype = "python"\ncode = "pass"\n'
+    with get_database(app).session_scope() as db:
+        assert import_jobs(db, toml).errors[0].startswith("jobs[0] GREET › id: ")
+    with get_database(app).session_scope() as db:
+        jobs = db.execute(sa.select(Job.id, Job.version, Job.deleted_at.is_not(None))).all()
+        versions = db.scalars(sa.select(JobVersion.definition)).all()
+    assert [tuple(job) for job in jobs] == [("greet", 1, True)]  # still deleted, as it was
+    assert [definition["id"] for definition in versions] == ["greet"]
+    revived = ada.post("/jobs", json={"id": "greet", **body})  # its own id brings it back
+    assert revived.status_code == 201 and revived.get_json()["id"] == "greet"
 
 
 def test_a_tag_limited_role_sees_only_its_jobs_and_their_runs(app):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 
@@ -12,7 +13,9 @@ from app.db import get_database, utcnow
 from app.engine.signals import run_changed
 from app.live import socketio, start_live_push, stop_live_push
 from app.models import AuditEvent, Job, Role, Run, User
-from tests.conftest import PASSWORD, csrf_token, sign_in
+from app.roles import RoleError, create_role, update_role
+from app.users import UserError, update_user
+from tests.conftest import PASSWORD, PASSWORD_HASH, csrf_token, sign_in
 from tests.engine_helpers import make_job, python_step
 from tests.test_api import Api
 from tests.test_editor import new_job_form
@@ -207,6 +210,41 @@ def test_a_team_editor_cannot_name_another_teams_job_through_the_api(app, erin):
     assert api.post("/jobs", json={**base, **calls}).status_code == 201
 
 
+def test_a_team_editor_still_saves_its_job_an_admin_chained_to_another_teams_job(app, erin):
+    chained = {
+        "id": "team-job",
+        "tags": ["team-data"],
+        "steps": [{"name": "call", "type": "call_job", "job": "data-load"}],
+        "then": [{"job": "ops-secret", "on": "always"}],
+    }
+    assert Api(app, "ada").post("/jobs", json=chained).status_code == 201  # by an admin
+    api = Api(app, "erin")
+    saved = api.put("/jobs/team-job", json={**chained, "description": "by the team"})
+    assert saved.status_code == 200, saved.get_json()
+    assert [step["job"] for step in saved.get_json()["then"]] == ["ops-secret"]
+    for new_reference, field in [
+        ({"depends_on": ["ops-secret"]}, "depends_on"),  # a new edge to the same hidden job
+        ({"steps": [{"name": "call", "type": "call_job", "job": "ops-secret"}]}, "steps[0].job"),
+    ]:
+        refused = api.put("/jobs/team-job", json={**chained, **new_reference})
+        assert refused.status_code == 422
+        assert refused.get_json()["fields"] == {field: "unknown job 'ops-secret'"}
+    chain = {"then-0.job": "ops-secret", "then-0.on": "always"}
+    form = calling_form(erin, "data-load", id="team-job", description="in the editor", **chain)
+    assert erin.post("/jobs/team-job/edit", data=form).status_code == 302
+    waiting = erin.post("/jobs/team-job/edit", data={**form, "depends_on": "ops-secret"})
+    assert waiting.status_code == 422
+    assert "unknown job &#39;ops-secret&#39;" in waiting.get_data(as_text=True)
+    token = csrf_token(erin, "/jobs/team-job/versions")  # version 1 chains as the current one
+    restored = erin.post("/jobs/team-job/versions/1/restore", data={"csrf_token": token})
+    assert restored.status_code == 302
+    with get_database(app).session_scope() as db:
+        job = db.get(Job, "team-job")
+        assert (job.version, job.description) == (4, "")
+        assert [chained["job"] for chained in job.then] == ["ops-secret"]
+        assert db.get(Job, "ops-secret").tags == ["ops"]
+
+
 def test_roles_page_lists_permissions_and_limits_and_new_roles_reach_the_users_page(app, as_user):
     admin = as_user("ada")
     assert make_role(admin, "auditors", ["job:view"], "finance, team-data").status_code == 302
@@ -261,6 +299,77 @@ def test_deleting_a_role_in_use_is_refused_until_nobody_has_it(app, as_user):
     assert admin.post(f"/admin/roles/{rid}/delete", data={"csrf_token": token}).status_code == 302
     assert role_id(app, "temps") is None
     assert "role.delete" in admin.get("/admin/audit?action=role.delete").get_data(as_text=True)
+
+
+@pytest.fixture
+def two_admins(make_app, postgres_url):
+    """PostgreSQL with two administrators: ada (admin role) and kim (role keepers)."""
+    app = make_app(postgres_url)
+    with get_database(app).session_scope() as db:
+        keepers = create_role(db, "keepers", permissions=["job:view", "user:admin"])
+        db.add(User(username="kim", role=keepers, password_hash=PASSWORD_HASH))
+    yield app
+    with get_database(app).session_scope() as db:  # roles outlive the shared database's reset
+        db.execute(sa.delete(User).where(User.username == "kim"))
+        db.execute(sa.delete(Role).where(Role.name == "keepers"))
+
+
+def take_admin_away(db, who: str) -> None:
+    """Take user:admin from kim's role, or deactivate ada."""
+    if who == "keepers":
+        role = db.scalar(sa.select(Role).where(Role.name == "keepers"))
+        update_role(db, role, permissions=["job:view"])
+    else:
+        update_user(db, db.scalar(sa.select(User).where(User.username == "ada")), active=False)
+
+
+def waits_on_a_lock(db, pid: int) -> bool:
+    query = sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid")
+    return db.scalar(query, {"pid": pid}) == "Lock"
+
+
+@pytest.mark.parametrize("first, second", [("keepers", "ada"), ("ada", "keepers")])
+def test_two_admins_removing_each_other_at_once_leave_one_administrator(two_admins, first, second):
+    database = get_database(two_admins)
+    outcome, started = {}, threading.Event()
+
+    def second_admin():
+        with database.sessions() as db:
+            outcome["pid"] = db.scalar(sa.text("SELECT pg_backend_pid()"))
+            started.set()
+            try:
+                take_admin_away(db, second)
+                db.commit()
+                outcome["second"] = "saved"
+            except (RoleError, UserError) as error:
+                db.rollback()
+                outcome["second"] = error.message
+
+    with database.sessions() as db, database.sessions() as watcher:
+        take_admin_away(db, first)  # checked, not yet committed
+        thread = threading.Thread(target=second_admin)
+        thread.start()
+        started.wait(5)
+        deadline = time.monotonic() + 10  # the other change either finishes or queues
+        while thread.is_alive() and not waits_on_a_lock(watcher, outcome["pid"]):
+            assert time.monotonic() < deadline, "the second change neither ran nor waited"
+            thread.join(0.01)
+        db.commit()
+    thread.join(10)
+    refusal = {
+        "keepers": "Only users of keepers can administer users: keep user:admin here.",
+        "ada": "This is the last active administrator; keep at least one.",
+    }
+    assert outcome["second"] == refusal[second]
+    with database.session_scope() as db:
+        admins = db.scalars(
+            sa.select(User.username)
+            .join(Role)
+            .where(User.active.is_(True))
+            .where(Role.name.in_(["admin", "keepers"]))
+        ).all()
+        keepers = db.scalar(sa.select(Role).where(Role.name == "keepers")).permissions
+    assert ("user:admin" in keepers, "ada" in admins) == (first != "keepers", first != "ada")
 
 
 def test_viewers_cannot_open_the_roles_page(as_user):

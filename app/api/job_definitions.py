@@ -21,7 +21,7 @@ from app.jobs_io import connector_problems
 from app.jobspec import SpecError, apply_job, job_definition, validate_job
 from app.models import Job, User
 from app.permissions import PYTHON_EDIT
-from app.visibility import may_see_job, may_see_tags, restricted_tags
+from app.visibility import may_see_job, may_see_tags, restricted_tags, stored_job
 
 from .errors import ApiError
 
@@ -39,8 +39,7 @@ def save_job(
 
     Return the saved job and "created" / "updated" / "unchanged"; raise ApiError (409 when
     creating an id that exists or belongs to a job the user may not see, 422 naming each bad
-    field, 403 for Python code without
-    python:edit). The caller commits.
+    field, 403 for Python code without python:edit). The caller commits.
     """
     data = _without_nulls(body)
     if job_id is not None:
@@ -49,16 +48,18 @@ def save_job(
         data["id"] = job_id
     spec, errors = validate_job(copy.deepcopy(data))
     fields = fields_of(errors)
+    existing = stored_job(db, spec["id"]) if spec is not None else None  # exactly this id
+    live = existing is not None and existing.deleted_at is None
+    before = [job_definition(existing)] if live and may_see_job(user, existing) else []
     if spec is not None:  # the jobs and connectors it names exist, and it makes no cycle
-        fields = {**fields_of(graph_errors(db, {0: spec}, user)), **fields}
+        # a reference the stored definition already makes is kept (an admin's chain)
+        fields = {**fields_of(graph_errors(db, {0: spec}, user, before)), **fields}
         named = connector_problems(db, {0: spec}, []) + unknown_channels(db, {0: spec}, set())
         for line in named:  # "jobs[0] x › steps[0] y › …: …", "jobs[0] x › alerts › channels: …"
             path, _, problem = line.partition(": ")
             fields.setdefault(_field_of_path(path), problem)
     if fields:
         raise ApiError(422, "The job definition has problems.", fields)
-    existing = db.get(Job, spec["id"])
-    live = existing is not None and existing.deleted_at is None
     if job_id is None and existing is not None and not may_see_job(user, existing):
         # ids are global; another team's job (even deleted) is neither confirmed nor revived
         raise ApiError(409, "This id is not available.", {"id": "this id is not available"})
@@ -68,13 +69,12 @@ def save_job(
         tags = ", ".join(sorted(restricted_tags(user) or ()))
         raise ApiError(422, "Your role manages only some tags.", {"tags": f"add one of: {tags}"})
     if not user.can(PYTHON_EDIT):
-        before = [job_definition(existing)] if live else []
         denied = python_code_problems(spec, before)
         if denied:
             message = "You need python:edit to add or change Python code."
             raise ApiError(403, message, _api_fields(denied))
     outcome = apply_job(db, spec, user, ip)
-    return db.get(Job, spec["id"]), outcome
+    return stored_job(db, spec["id"]), outcome
 
 
 def fields_of(errors: list[SpecError]) -> dict[str, str]:

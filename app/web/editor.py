@@ -67,7 +67,7 @@ from app.schedules import (
 )
 from app.settings_store import default_timezone
 from app.steps import STEP_TYPES
-from app.visibility import live_job, may_see_job, may_see_tags, restricted_tags
+from app.visibility import live_job, may_see_job, may_see_tags, restricted_tags, stored_job
 
 bp = Blueprint("editor", __name__)
 
@@ -240,14 +240,16 @@ def _handle_post(job_id: str | None):
             job_id, values, draft, {}, confirm_remove=confirm_remove, duplicate_of=duplicate_of
         )
     spec, errors = validate_job(copy.deepcopy(draft))
+    stored = live_job(db.session(), job_id) if job_id else None  # its references are kept
+    before = [job_definition(stored)] if may_see_job(current_user, stored) else []
     if spec is not None:  # the jobs it names exist, and it makes no cycle
-        errors += graph_errors(db.session(), {0: spec}, current_user)
+        errors += graph_errors(db.session(), {0: spec}, current_user, before)
     fields = {**errors_by_field(errors), **problems}
     for line in unknown_channels(db.session(), {0: spec}, set()) if spec else []:
         fields.setdefault("alerts_channels", line.partition(": ")[2])  # deleted meanwhile
     session = db.session()
     if job_id is None and draft["id"]:
-        existing = session.get(Job, draft["id"])
+        existing = stored_job(session, draft["id"])  # exactly this id (MariaDB: any case)
         if existing is not None and not may_see_job(current_user, existing):
             fields["id"] = "this id is not available"  # another team's job: neither confirmed
         elif existing is not None and existing.deleted_at is None:
@@ -258,7 +260,6 @@ def _handle_post(job_id: str | None):
     if fields:
         return _render_form(job_id, values, draft, fields, duplicate_of=duplicate_of), 422
     if not current_user.can(PYTHON_EDIT):
-        before = [job_definition(session.get(Job, job_id))] if job_id else []
         source = session.get(Job, duplicate_of) if duplicate_of else None
         if source is not None and source.deleted_at is None:
             before.append(job_definition(source))
