@@ -519,6 +519,9 @@ def test_channels_are_managed_in_settings_with_write_only_secrets_and_send_test(
 ):
     assert as_user("eddie").get("/settings/channels").status_code == 403
     ada = as_user("ada")
+    chooser = ada.get("/settings/channels/new")  # no kind yet: choose it on the list page
+    assert chooser.status_code == 302
+    assert chooser.location.endswith("/settings/channels#channel-new")
     token = csrf_token(ada, "/settings/channels/new?kind=webhook")
     secret_url = f"{receiver.url}/echo/team?key=hunter2-webhook"
     form = {"csrf_token": token, "kind": "webhook", "name": "team", "url": secret_url}

@@ -75,6 +75,8 @@ def index():
 def new():
     """Show the form of a new channel of ``?kind=``."""
     kind = request.args.get("kind", "")
+    if not kind:  # the kind is chosen on the list page
+        return redirect(url_for("channels.index") + "#channel-new")
     if kind not in CHANNEL_KINDS:
         abort(404, description=f"There is no channel kind {kind!r}.")
     return _form_page(kind, None, {"name": ""})
