@@ -8,6 +8,8 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from flask import Flask, current_app
 
+ENC_PREFIX = "enc:"  # a secret in an exported job file: only the same keys can read it
+
 
 class SecretsVault:
     """Seal and unseal values; the first key encrypts, every key decrypts."""
@@ -26,6 +28,17 @@ class SecretsVault:
                 "cannot decrypt a stored secret: NOMAFLOW_ENCRYPTION_KEYS lacks the key it was "
                 "sealed with"
             ) from error
+
+    def export_token(self, value: Any) -> str:
+        """The value as an ``enc:`` token for a job file."""
+        return ENC_PREFIX + self.seal(value)
+
+    def read_export(self, value: Any) -> Any:
+        """The clear value of an ``enc:`` token (ValueError when these keys cannot open it);
+        any other value as given (a secret written in clear in the file)."""
+        if isinstance(value, str) and value.startswith(ENC_PREFIX):
+            return self.unseal(value[len(ENC_PREFIX) :])
+        return value
 
 
 def vault(app: Flask | None = None) -> SecretsVault:

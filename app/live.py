@@ -20,7 +20,7 @@ from flask_socketio import ConnectionRefusedError, SocketIO, emit, join_room
 
 from app.db import get_database
 from app.engine.history import load_run_view
-from app.engine.signals import log_appended, run_changed
+from app.engine.signals import log_appended, run_changed, run_queued
 from app.models import Job, LogLine, Role, Run
 from app.permissions import JOB_VIEW
 from app.visibility import may_see_job, restricted_tags
@@ -150,6 +150,36 @@ def push_fragment(html: str, room: str) -> None:
 
 def render_log_lines(run_id: int, lines) -> str:
     return render_template("runs/_log_lines.html", run_id=run_id, lines=lines)
+
+
+class RunEventPusher:
+    """A push thread fed the ids of runs queued or changed (None stops it): the live history
+    rows and the catalogue refreshes each implement ``_loop`` over ``self.events``."""
+
+    thread_name = "live-push"
+
+    def __init__(self, app: Flask):
+        self.app = app
+        self.database = get_database(app)
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+
+    def start(self) -> None:
+        run_changed.connect(self.on_run_event, weak=False)
+        run_queued.connect(self.on_run_event, weak=False)
+        self.thread.start()
+
+    def stop(self) -> None:
+        run_changed.disconnect(self.on_run_event)
+        run_queued.disconnect(self.on_run_event)
+        self.events.put(None)
+        self.thread.join(timeout=5)
+
+    def on_run_event(self, run_id, **_kw) -> None:
+        self.events.put(run_id)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
 
 
 class LivePusher:

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 
 import sqlalchemy as sa
 from flask import Flask, render_template
 
-from app.db import get_database
-from app.engine.signals import run_changed, run_queued
-from app.live import push_fragment, rooms_for_jobs, watched_list_room
+from app.live import RunEventPusher, push_fragment, rooms_for_jobs, watched_list_room
 from app.models import Run
 
 log = logging.getLogger(__name__)
@@ -31,30 +28,15 @@ ROOM = "jobs"
 MIN_GAP_SECONDS = 1.0  # per job: at most one refresh push a second
 
 
-class CataloguePusher:
+class CataloguePusher(RunEventPusher):
     """Turn run events into per-job refresh pushes, throttled, on a thread of its own."""
 
+    thread_name = "live-push-catalogue"
+
     def __init__(self, app: Flask):
-        self.app = app
-        self.database = get_database(app)
-        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        super().__init__(app)
         self.due: dict[str, float] = {}  # job id -> when its pending push goes out
         self.last_push: dict[str, float] = {}
-        self.thread = threading.Thread(target=self._loop, name="live-push-catalogue", daemon=True)
-
-    def start(self) -> None:
-        run_changed.connect(self.on_run_event, weak=False)
-        run_queued.connect(self.on_run_event, weak=False)
-        self.thread.start()
-
-    def stop(self) -> None:
-        run_changed.disconnect(self.on_run_event)
-        run_queued.disconnect(self.on_run_event)
-        self.events.put(None)
-        self.thread.join(timeout=5)
-
-    def on_run_event(self, run_id, **_kw) -> None:
-        self.events.put(run_id)
 
     def _loop(self) -> None:
         while True:

@@ -11,15 +11,11 @@ page, so that page always has the row the fragment targets.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 
 import sqlalchemy as sa
 from flask import Flask, render_template
 
-from app.db import get_database
-from app.engine.signals import run_changed, run_queued
-from app.live import push_fragment, rooms_for_jobs, watched_list_room
+from app.live import RunEventPusher, push_fragment, rooms_for_jobs, watched_list_room
 from app.models import Run
 from app.run_history import history_row, newest_page_floor
 
@@ -27,31 +23,16 @@ log = logging.getLogger(__name__)
 EXTENSION = "nomaflow.live_history"
 
 
-class HistoryPusher:
+class HistoryPusher(RunEventPusher):
     """Render history rows on a thread of its own; a burst of changes to a run renders once."""
 
-    def __init__(self, app: Flask):
-        self.app = app
-        self.database = get_database(app)
-        self.events: queue.SimpleQueue = queue.SimpleQueue()
-        self.newest_seen = 0  # ids above this are new runs: inserted, not replaced
-        self.thread = threading.Thread(target=self._loop, name="live-push-history", daemon=True)
+    thread_name = "live-push-history"
+    newest_seen = 0  # ids above this are new runs: inserted, not replaced
 
     def start(self) -> None:
         with self.database.session_scope() as db:
             self.newest_seen = db.scalar(sa.select(sa.func.max(Run.id))) or 0
-        run_changed.connect(self.on_run_event, weak=False)
-        run_queued.connect(self.on_run_event, weak=False)
-        self.thread.start()
-
-    def stop(self) -> None:
-        run_changed.disconnect(self.on_run_event)
-        run_queued.disconnect(self.on_run_event)
-        self.events.put(None)
-        self.thread.join(timeout=5)
-
-    def on_run_event(self, run_id, **_kw) -> None:
-        self.events.put(run_id)
+        super().start()
 
     def _loop(self) -> None:
         while True:

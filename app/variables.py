@@ -15,8 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app.audit import record_event
-from app.connectors.store import ENC_PREFIX
-from app.crypto import SecretsVault
+from app.crypto import ENC_PREFIX, SecretsVault
 from app.models import User, Variable
 
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # templates say vars.NAME
@@ -165,7 +164,7 @@ def export_variables(
     tables = []
     for variable in db.scalars(query):
         if variable.secret:
-            token = ENC_PREFIX + vault.seal(vault.unseal(variable.value))
+            token = vault.export_token(vault.unseal(variable.value))
             tables.append({"name": variable.name, "secret": True, "value": token})
         else:
             tables.append({"name": variable.name, "value": variable.value})
@@ -192,7 +191,7 @@ def _clear_value(vault: SecretsVault, variable: Variable | None) -> str | None:
 
 def _from_export(vault: SecretsVault, token: str) -> str:
     try:
-        value = vault.unseal(token[len(ENC_PREFIX) :])
+        value = vault.read_export(token)
     except ValueError as error:
         raise VariableError("cannot read an exported secret", {"value": str(error)}) from None
     if not isinstance(value, str):

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app.audit import record_event
-from app.connectors.store import ENC_PREFIX, NAME_PATTERN, ConnectorError
+from app.connectors.store import NAME_PATTERN, ConnectorError
 from app.crypto import SecretsVault
 from app.models import Channel, Connector, Job, Role, User
 
@@ -231,7 +231,7 @@ def export_channel(vault: SecretsVault, channel: Channel) -> dict[str, Any]:
     table: dict[str, Any] = {"name": channel.name, "kind": channel.kind}
     table.update(channel.config)
     for key, value in sorted(_unseal(vault, channel).items()):
-        table[key] = ENC_PREFIX + vault.seal(value)
+        table[key] = vault.export_token(value)
     return table
 
 
@@ -240,9 +240,7 @@ def _unseal(vault: SecretsVault, channel: Channel) -> dict[str, Any]:
 
 
 def _from_export(vault: SecretsVault, key: str, value: Any) -> Any:
-    if isinstance(value, str) and value.startswith(ENC_PREFIX):
-        try:
-            return vault.unseal(value[len(ENC_PREFIX) :])
-        except ValueError as error:
-            raise ChannelError("cannot read an exported secret", {key: str(error)}) from None
-    return value
+    try:
+        return vault.read_export(value)
+    except ValueError as error:
+        raise ChannelError("cannot read an exported secret", {key: str(error)}) from None

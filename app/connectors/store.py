@@ -15,7 +15,6 @@ from app.crypto import SecretsVault
 from app.models import Connector, Job, Step, User
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-ENC_PREFIX = "enc:"
 
 
 class ConnectorError(ValueError):
@@ -185,7 +184,7 @@ def export_connector(vault: SecretsVault, connector: Connector) -> dict[str, Any
         table["description"] = connector.description
     table.update(connector.config)
     for field_name, value in sorted(_unseal(vault, connector).items()):
-        table[field_name] = ENC_PREFIX + vault.seal(value)
+        table[field_name] = vault.export_token(value)
     return table
 
 
@@ -194,13 +193,11 @@ def _unseal(vault: SecretsVault, connector: Connector) -> dict[str, Any]:
 
 
 def _from_export(vault: SecretsVault, field_name: str, value: Any) -> Any:
-    if isinstance(value, str) and value.startswith(ENC_PREFIX):
-        try:
-            return vault.unseal(value[len(ENC_PREFIX) :])
-        except ValueError as error:
-            problem = {field_name: str(error)}
-            raise ConnectorError("cannot read an exported secret", problem) from None
-    return value
+    try:
+        return vault.read_export(value)
+    except ValueError as error:
+        problem = {field_name: str(error)}
+        raise ConnectorError("cannot read an exported secret", problem) from None
 
 
 def _move_url_password(kind: str, values: dict[str, Any]) -> dict[str, Any]:
